@@ -1,0 +1,457 @@
+"""The command line: the only layer of the broker that prints.
+
+Heavy libraries (pandas, scikit-learn, torch, cloud SDKs) are imported inside the commands,
+so ``automl-broker --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from broker.config import BrokerConfig
+    from broker.planner import Plan
+    from broker.runner import Broker
+    from broker.spec import JobResult, JobSpec
+
+app = typer.Typer(
+    name="automl-broker",
+    help="Run AutoML jobs wherever they are cheapest and available.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DataArg = Annotated[
+    Path | None, typer.Argument(help="CSV file (may be .csv.gz) to learn from.")
+]
+TargetOpt = Annotated[
+    str | None, typer.Option("--target", "-t", help="Column to predict.")
+]
+TaskOpt = Annotated[
+    str | None, typer.Option(help="auto, binary, multiclass or regression.")
+]
+MetricOpt = Annotated[str | None, typer.Option(help="Metric to rank models by.")]
+ProvidersOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated providers allowed: vertex,azure,sagemaker,h2o,local."
+    ),
+]
+MaxUsdOpt = Annotated[
+    str | None, typer.Option("--max-usd", help="Dollar cap for the job.")
+]
+RuntimeOpt = Annotated[
+    int | None, typer.Option("--max-runtime", help="Runtime budget in seconds.")
+]
+RegionOpt = Annotated[str | None, typer.Option(help="Comma-separated regions allowed.")]
+HoursOpt = Annotated[
+    str | None,
+    typer.Option("--hours-per-month", help="Hours per month the model will be served."),
+]
+IgnoreOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated columns to leave out.")
+]
+SpecOpt = Annotated[
+    Path | None, typer.Option("--spec", help="Job spec file (YAML/JSON).")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Broker settings file (YAML).")
+]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed of the held-out split.")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Log progress lines.")
+]
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _build_spec(
+    *,
+    data: Path | None,
+    target: str | None,
+    spec_file: Path | None,
+    task: str | None,
+    metric: str | None,
+    providers: str | None,
+    max_usd: str | None,
+    max_runtime: int | None,
+    region: str | None,
+    hours_per_month: str | None,
+    ignore: str | None,
+    seed: int | None,
+) -> JobSpec:
+    from broker.errors import ConfigurationError
+    from broker.spec import JobSpec, parse_spec
+
+    base: dict[str, Any] = {}
+    if spec_file is not None:
+        base = JobSpec.from_file(spec_file).model_dump(exclude_unset=True)
+    if data is not None:
+        base["data"] = data
+    if target is not None:
+        base["target"] = target
+    if "data" not in base or "target" not in base:
+        raise ConfigurationError(
+            "give the data file and --target (or a --spec file that names both), e.g. "
+            "`automl-broker run data.csv --target label`"
+        )
+    if task is not None:
+        base["task"] = task
+    if metric is not None:
+        base["metric"] = metric
+    if seed is not None:
+        base["seed"] = seed
+    if ignore is not None:
+        base["ignore"] = _split(ignore)
+    budget = dict(base.get("budget") or {})
+    if max_usd is not None:
+        budget["max_usd"] = max_usd
+    if max_runtime is not None:
+        budget["max_runtime_s"] = max_runtime
+    base["budget"] = budget
+    constraints = dict(base.get("constraints") or {})
+    if providers is not None:
+        constraints["providers"] = _split(providers)
+    if region is not None:
+        constraints["regions"] = _split(region)
+    base["constraints"] = constraints
+    deployment = dict(base.get("deployment") or {})
+    if hours_per_month is not None:
+        deployment["hours_per_month"] = hours_per_month
+    base["deployment"] = deployment
+    return parse_spec(base)
+
+
+def _make_broker(config: BrokerConfig, on_event: Any = None) -> Broker:
+    from broker.runner import Broker
+    from broker.store import JobStore
+
+    store = JobStore(config.store) if config.store else None
+    return Broker(
+        store=store,
+        provider_settings=config.providers,
+        poll_interval_s=config.poll_interval_s,
+        pending_timeout_s=config.pending_timeout_s,
+        local_rate_usd_per_hour=config.local_rate_usd_per_hour,
+        on_event=on_event,
+    )
+
+
+def _usd(value: Any, places: int = 2) -> str:
+    if value is None:
+        return "-"
+    amount = Decimal(str(value))
+    return f"${amount.quantize(Decimal(1).scaleb(-places))}"
+
+
+def print_plan(plan: Plan) -> None:
+    payload = plan.to_dict()
+    table = Table(title="Plan: what each provider would cost", title_justify="left")
+    for column in ("provider", "machine", "region"):
+        table.add_column(column)
+    table.add_column("training USD", justify="right")
+    table.add_column("serving USD/month", justify="right")
+    table.add_column("status")
+    for row in payload.get("comparison", []):
+        status = row.get("status", "")
+        style = "bold green" if row.get("chosen") else ("" if status == "feasible" else "dim")
+        table.add_row(
+            str(row.get("provider")),
+            str(row.get("machine") or "-"),
+            str(row.get("region") or "-"),
+            _training_cell(row),
+            _usd(row.get("serving_usd_per_month")),
+            str(status),
+            style=style,
+        )
+    console.print(table)
+    console.print(plan.explanation())
+
+
+def _training_cell(row: dict[str, Any]) -> str:
+    low, high = row.get("training_usd_low"), row.get("training_usd")
+    if low is not None and high is not None and Decimal(str(low)) != Decimal(str(high)):
+        return f"{_usd(low)}–{_usd(high)}"
+    return _usd(high)
+
+
+def print_result(result: JobResult) -> None:
+    from broker.metrics import get_metric
+
+    board = Table(
+        title=f"Leaderboard (ranked by {result.metric}, {result.metric_direction})",
+        title_justify="left",
+    )
+    board.add_column("#", justify="right")
+    board.add_column("model")
+    board.add_column("algorithm")
+    board.add_column(f"validation {result.metric}", justify="right")
+    board.add_column(f"held-out {result.metric}", justify="right")
+    board.add_column("train s", justify="right")
+    for rank, entry in enumerate(result.leaderboard[:10], start=1):
+        val = entry.validation_metrics.get(result.metric)
+        test = entry.metrics.get(result.metric)
+        board.add_row(
+            str(rank),
+            entry.model_id,
+            entry.algorithm,
+            "-" if val is None else f"{val:.4f}",
+            "-" if test is None else f"{test:.4f}",
+            "-" if entry.training_time_s is None else f"{entry.training_time_s:.1f}",
+        )
+    console.print(board)
+    if len(result.leaderboard) > 10:
+        console.print(
+            f"({len(result.leaderboard) - 10} more models in leaderboard.csv)"
+        )
+
+    metrics = Table(
+        title=f"Held-out metrics of the best model (n={result.holdout_n}, scored by the broker)",
+        title_justify="left",
+    )
+    metrics.add_column("metric")
+    metrics.add_column("value", justify="right")
+    metrics.add_column("direction")
+    for name, value in result.holdout_metrics.items():
+        metrics.add_row(
+            name, "n/a" if value is None else f"{value:.4f}", get_metric(name).direction
+        )
+    console.print(metrics)
+    for note in result.holdout_notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+    cost = result.cost
+    costs = Table(title="Cost", title_justify="left")
+    costs.add_column("")
+    costs.add_column("USD", justify="right")
+    costs.add_row(
+        "quoted training",
+        f"{_usd(cost.estimated_training_usd, 4)} – "
+        f"{_usd(cost.estimated_training_high_usd, 4)}",
+    )
+    costs.add_row("actual", _usd(cost.actual_usd, 4))
+    costs.add_row("serving per month", _usd(cost.estimated_serving_usd_per_month))
+    console.print(costs)
+    for f in result.failovers:
+        console.print(f"[yellow]failover:[/] {f.provider}: {f.reason} ({f.error_type})")
+    console.print(
+        f"Ran on [bold]{result.provider}[/] in {result.runtime_s:.0f} s. "
+        f"Run folder: {result.run_dir}"
+    )
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+    raise typer.Exit(code=2)
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.INFO if verbose else logging.WARNING
+    handler = RichHandler(console=err_console, show_path=False, show_time=verbose)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s")
+
+
+@app.command()
+def plan(
+    data: DataArg = None,
+    target: TargetOpt = None,
+    task: TaskOpt = None,
+    metric: MetricOpt = None,
+    providers: ProvidersOpt = None,
+    max_usd: MaxUsdOpt = None,
+    max_runtime: RuntimeOpt = None,
+    region: RegionOpt = None,
+    hours_per_month: HoursOpt = None,
+    ignore: IgnoreOpt = None,
+    seed: SeedOpt = None,
+    spec: SpecOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the plan as JSON.")
+    ] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Show what every provider would cost for the job and which one the broker picks."""
+    from broker import intake
+    from broker.config import load_config
+    from broker.errors import BrokerError
+
+    _setup_logging(verbose)
+    try:
+        job_spec = _build_spec(
+            data=data,
+            target=target,
+            spec_file=spec,
+            task=task,
+            metric=metric,
+            providers=providers,
+            max_usd=max_usd,
+            max_runtime=max_runtime,
+            region=region,
+            hours_per_month=hours_per_month,
+            ignore=ignore,
+            seed=seed,
+        )
+        broker = _make_broker(load_config(config))
+        dataset = intake.load_dataset(job_spec)
+        the_plan = broker.plan_for(job_spec, dataset)
+    except BrokerError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        import json
+
+        console.print_json(json.dumps(the_plan.to_dict(), default=str))
+    else:
+        print_plan(the_plan)
+
+
+@app.command()
+def run(
+    data: DataArg = None,
+    target: TargetOpt = None,
+    task: TaskOpt = None,
+    metric: MetricOpt = None,
+    providers: ProvidersOpt = None,
+    max_usd: MaxUsdOpt = None,
+    max_runtime: RuntimeOpt = None,
+    region: RegionOpt = None,
+    hours_per_month: HoursOpt = None,
+    ignore: IgnoreOpt = None,
+    seed: SeedOpt = None,
+    spec: SpecOpt = None,
+    config: ConfigOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Run folder (default runs/JOB_ID)."),
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Plan the job, run it on the best available provider, and report the results."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from broker.config import load_config
+    from broker.errors import BrokerError
+
+    _setup_logging(verbose)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[detail]}"),
+        console=console,
+        transient=False,
+    )
+    bar: dict[str, Any] = {}
+
+    def on_event(kind: str, payload: dict[str, Any]) -> None:
+        if kind == "plan":
+            print_plan(payload["plan"])
+            progress.start()
+        elif kind == "attempt":
+            candidate = payload["candidate"]
+            bar["id"] = progress.add_task(
+                f"{candidate.provider}", total=1.0, detail="submitting"
+            )
+        elif kind == "status" and "id" in bar:
+            status = payload["status"]
+            done = status.progress if status.progress is not None else 0.0
+            detail = status.message or status.state.value
+            progress.update(bar["id"], completed=min(done, 1.0), detail=detail[:70])
+        elif kind == "failover" and "id" in bar:
+            record = payload["record"]
+            progress.update(bar["id"], detail=f"[red]failed over: {record.reason}")
+        elif kind == "result" and "id" in bar:
+            progress.update(bar["id"], completed=1.0, detail="done")
+
+    try:
+        job_spec = _build_spec(
+            data=data,
+            target=target,
+            spec_file=spec,
+            task=task,
+            metric=metric,
+            providers=providers,
+            max_usd=max_usd,
+            max_runtime=max_runtime,
+            region=region,
+            hours_per_month=hours_per_month,
+            ignore=ignore,
+            seed=seed,
+        )
+        broker = _make_broker(load_config(config), on_event=on_event)
+        result = broker.run(job_spec, run_dir=out)
+    except BrokerError as exc:
+        progress.stop()
+        _fail(exc)
+        return
+    except KeyboardInterrupt:
+        progress.stop()
+        err_console.print(
+            "[red]interrupted[/]; the job stays in the store for `resume`"
+        )
+        raise typer.Exit(code=130) from None
+    progress.stop()
+    print_result(result)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by `run`.")],
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="CSV to predict on; default: the run's held-out rows."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Predictions CSV to write.")
+    ] = None,
+) -> None:
+    """Predict with a run's saved model; scores the rows too when they carry the target."""
+    from broker.errors import BrokerError
+    from broker.predict import predict_from_run
+
+    try:
+        outcome = predict_from_run(run_dir, data, out)
+    except BrokerError as exc:
+        _fail(exc)
+        return
+    console.print(f"Wrote {outcome.n} predictions to {outcome.path}")
+    if outcome.metrics is not None:
+        table = Table(
+            title=f"Metrics on these rows (n={outcome.metrics.n})", title_justify="left"
+        )
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name, value in outcome.metrics.values.items():
+            table.add_row(name, "n/a" if value is None else f"{value:.4f}")
+        console.print(table)
+
+
+def main() -> None:
+    """Entry point of the `automl-broker` command."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The user's broker settings: provider settings, the local rate, the store location.
+
+Read from a YAML file given with ``--config``, else ``$AUTOML_BROKER_CONFIG``, else
+``<user config dir>/automl-broker/config.yaml`` when it exists. Secrets do not belong in this
+file: providers take credentials from their own SDK's usual places (environment, CLI login).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from broker.errors import ConfigurationError
+
+KNOWN_KEYS = {
+    "providers",
+    "local_rate_usd_per_hour",
+    "store",
+    "poll_interval_s",
+    "pending_timeout_s",
+    "prices",
+}
+
+
+@dataclass
+class BrokerConfig:
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    local_rate_usd_per_hour: Decimal | None = None
+    store: Path | None = None
+    poll_interval_s: float = 2.0
+    pending_timeout_s: float = 600.0
+    prices: Path | None = None
+    source: Path | None = None
+
+
+def default_config_path() -> Path:
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("automl-broker")) / "config.yaml"
+
+
+def load_config(path: str | Path | None = None) -> BrokerConfig:
+    """Load the settings; a missing default file gives the defaults."""
+    explicit = path or os.environ.get("AUTOML_BROKER_CONFIG")
+    file = Path(explicit) if explicit else default_config_path()
+    if not file.is_file():
+        if explicit:
+            raise ConfigurationError(
+                f"config file {str(file)!r} does not exist; check the path given with "
+                "--config or AUTOML_BROKER_CONFIG"
+            )
+        return BrokerConfig()
+
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(
+            f"config file {str(file)!r} is not valid YAML: {exc}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"config file {str(file)!r} must hold a mapping")
+    unknown = sorted(set(raw) - KNOWN_KEYS)
+    if unknown:
+        raise ConfigurationError(
+            f"config file {str(file)!r} has unknown keys {unknown}; known: {sorted(KNOWN_KEYS)}"
+        )
+
+    config = BrokerConfig(source=file)
+    providers = raw.get("providers") or {}
+    if not isinstance(providers, dict):
+        raise ConfigurationError(
+            "config key 'providers' must map provider names to settings"
+        )
+    config.providers = {str(k): dict(v or {}) for k, v in providers.items()}
+    rate = raw.get("local_rate_usd_per_hour")
+    if rate is not None:
+        try:
+            config.local_rate_usd_per_hour = Decimal(str(rate))
+        except InvalidOperation:
+            raise ConfigurationError(
+                f"local_rate_usd_per_hour must be a number of dollars, got {rate!r}"
+            ) from None
+    if raw.get("store"):
+        config.store = (file.parent / str(raw["store"])).resolve()
+    if raw.get("prices"):
+        config.prices = (file.parent / str(raw["prices"])).resolve()
+    for key in ("poll_interval_s", "pending_timeout_s"):
+        if key in raw:
+            setattr(config, key, float(raw[key]))
+    return config

@@ -1,0 +1,1061 @@
+"""Reading and typing the user's table, before any money is spent.
+
+Intake turns a CSV file or a DataFrame into a :class:`Dataset`: the table with the
+user's column names (whitespace around them stripped, rows without a label removed) and
+a :class:`~broker.schema.Schema` that says what each column is, which columns were
+dropped and why, what the task is and which classes exist. Every problem found here
+raises an :class:`~broker.errors.InputError` subclass that names the problem, the value
+and the fix, at zero cost, before a backend is chosen.
+
+Example:
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"size": [1, 5, 2, 7], "colour": list("rbrg"),
+    ...                       "label": ["yes", "no", "yes", "no"]})
+    >>> from broker.spec import JobSpec
+    >>> dataset = load_dataset(JobSpec(data=frame, target="label"))
+    >>> dataset.schema.task.value, dataset.schema.classes, dataset.schema.positive_class
+    ('binary', ('no', 'yes'), 'yes')
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import difflib
+import gzip
+import io
+import itertools
+import logging
+import math
+import os
+import re
+import unicodedata
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from broker.errors import (
+    ColumnNotFoundError,
+    ConfigurationError,
+    DataReadError,
+    DataWarning,
+    DuplicateColumnError,
+    EncodingError,
+    InputError,
+    NoUsableFeaturesError,
+    TargetMissingError,
+    TargetSingleClassError,
+)
+from broker.schema import Column, ColumnKind, Schema
+from broker.spec import Task
+
+if TYPE_CHECKING:
+    from broker.spec import JobSpec
+
+logger = logging.getLogger(__name__)
+
+DELIMITERS = (",", ";", "\t", "|")
+# Integer targets with at most this many distinct values are read as classes.
+MAX_INTEGER_CLASSES = 10
+# Safe names longer than this are cut; some backends refuse long column names.
+MAX_SAFE_NAME_LENGTH = 64
+
+_SNIFF_CHARS = 65536
+_SNIFF_ROWS = 50
+_TYPE_SAMPLE = 200
+_SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9]+")
+_ID_NAME = re.compile(r"(?:^|[_\W])(?:id|uuid|guid|key)$|^(?:index|rowid)$")
+_CAMEL_ID = re.compile(r"[a-z](?:Id|ID)$")
+_ISO_DATE = re.compile(
+    r"^\d{4}[-/]\d{1,2}[-/]\d{1,2}"
+    r"(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
+)
+_TRANSLITERATE = str.maketrans(
+    {"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "OE",
+     "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th", "Þ": "Th"}
+)  # fmt: skip
+# Lower-cased label pairs whose positive member is obvious: (negative, positive).
+_NATURAL_PAIRS = {
+    frozenset(pair): pair[1]
+    for pair in (
+        ("no", "yes"),
+        ("n", "y"),
+        ("false", "true"),
+        ("f", "t"),
+        ("negative", "positive"),
+        ("neg", "pos"),
+        ("0", "1"),
+        ("-1", "1"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A table after intake.
+
+    Attributes:
+        frame: The rows with the user's column names (stripped of surrounding
+            whitespace), rows without a label removed, index reset to 0..n-1, and the
+            target's labels normalised to the values in ``schema.classes``.
+        schema: What each column is, the task, the classes and what was dropped.
+        source: Where the table came from (a path, or a DataFrame's shape).
+    """
+
+    frame: pd.DataFrame
+    schema: Schema
+    source: str
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.frame)
+
+    @property
+    def y(self) -> pd.Series:
+        return self.frame[self.schema.target]
+
+
+@dataclass(frozen=True)
+class HoldoutSplit:
+    """Row positions into ``Dataset.frame``: training rows and scoring rows."""
+
+    train_index: np.ndarray[Any, Any]
+    test_index: np.ndarray[Any, Any]
+    fraction: float = 0.0
+    seed: int = 0
+    stratified: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "train_index": self.train_index.tolist(),
+            "test_index": self.test_index.tolist(),
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "stratified": self.stratified,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> HoldoutSplit:
+        return cls(
+            train_index=np.asarray(payload["train_index"], dtype=np.int64),
+            test_index=np.asarray(payload["test_index"], dtype=np.int64),
+            fraction=float(payload.get("fraction", 0.0)),
+            seed=int(payload.get("seed", 0)),
+            stratified=bool(payload.get("stratified", False)),
+        )
+
+
+# --- reading --------------------------------------------------------------------------
+
+
+def read_table(
+    source: str | Path | pd.DataFrame, *, delimiter: str | None = None
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Read a CSV file (plain or ``.gz``) or take a DataFrame, with clean column names.
+
+    Whitespace around column names is stripped (inner spaces are kept); a
+    :class:`~broker.errors.DataWarning` lists each renamed column.
+
+    Args:
+        source: A path to a CSV file or a pandas DataFrame.
+        delimiter: The field separator; sniffed from comma, semicolon, tab and pipe
+            when None.
+
+    Returns:
+        The table and a mapping from each renamed raw name to its stripped name.
+
+    Raises:
+        DataReadError: The file is missing, empty, not a CSV, or has ragged rows.
+        EncodingError: The bytes are not UTF-8 (or UTF-16/32 with a byte-order mark).
+        DuplicateColumnError: Two columns share a name after stripping.
+    """
+    if isinstance(source, pd.DataFrame):
+        if isinstance(source.columns, pd.MultiIndex):
+            raise DataReadError(
+                "the DataFrame has multi-level column names; flatten them to one level "
+                "of text names first"
+            )
+        names, renamed = _clean_names([str(c) for c in source.columns])
+        frame = source
+        if names != list(source.columns):
+            frame = source.set_axis(names, axis="columns")
+        return frame.reset_index(drop=True), renamed
+
+    path = Path(source)
+    text = _decode(_read_bytes(path), path)
+    if delimiter is not None and len(delimiter) != 1:
+        raise ConfigurationError(
+            f"delimiter must be a single character, got {delimiter!r}; "
+            f"use one of {', '.join(repr(d) for d in DELIMITERS)}"
+        )
+    sep = delimiter or _sniff_delimiter(text)
+    raw_names = next(csv.reader(io.StringIO(text), delimiter=sep), None)
+    if not raw_names:
+        raise DataReadError(
+            f"{str(path)!r} is empty; it needs a header row and data rows"
+        )
+    names, renamed = _clean_names(raw_names)
+
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text), sep=sep, header=0, names=names, index_col=False
+        )
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise DataReadError(
+            f"{str(path)!r} cannot be read as a {_delimiter_word(sep)}-separated "
+            f"table: {exc}. Check that every row has {len(names)} fields and that "
+            f"values holding the separator are quoted"
+        ) from None
+    if frame.empty:
+        raise DataReadError(f"{str(path)!r} has a header but no data rows")
+    logger.debug(
+        "read %s: %d rows, %d columns, separator %r",
+        path,
+        len(frame),
+        len(names),
+        sep,
+    )
+    return frame, renamed
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise DataReadError(
+            f"data file {str(path)!r} does not exist (looked for "
+            f"{str(path.resolve())!r}); check the path, which is relative to the "
+            f"current folder {os.getcwd()!r}"
+        )
+    if path.is_dir():
+        raise DataReadError(f"{str(path)!r} is a folder; pass the path of one CSV file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataReadError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+
+    if path.suffix.lower() == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataReadError(
+                f"{str(path)!r} ends in .gz but is not a readable gzip file ({exc})"
+            ) from None
+    if raw.startswith(b"PK\x03\x04"):
+        raise DataReadError(
+            f"{str(path)!r} is a zip archive (an Excel workbook?); export it as CSV"
+        )
+    if raw.startswith(b"PAR1"):
+        raise DataReadError(f"{str(path)!r} is a Parquet file; export it as CSV")
+    return raw
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    boms = (
+        (codecs.BOM_UTF32_LE, "utf-32"),
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    )
+    encoding = next((enc for bom, enc in boms if raw.startswith(bom)), "utf-8")
+    if encoding == "utf-8" and b"\x00" in raw[:4096]:
+        raise EncodingError(
+            f"{str(path)!r} holds NUL bytes, as UTF-16 text without a byte-order mark "
+            f"does; save it as UTF-8",
+            encoding="utf-16 (no byte-order mark)",
+        )
+
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 4].hex(" ")
+        raise EncodingError(
+            f"{str(path)!r} is not valid {encoding}: byte(s) {bad} at offset "
+            f"{exc.start} cannot be decoded. Save the file as UTF-8 (for example "
+            f"'CSV UTF-8' in a spreadsheet program) and try again",
+            encoding=encoding,
+        ) from None
+    if encoding != "utf-8":
+        logger.debug("decoded %s as %s", path, encoding)
+    return text.lstrip("\ufeff")
+
+
+def _sniff_delimiter(text: str) -> str:
+    sample = text[:_SNIFF_CHARS]
+    if len(text) > _SNIFF_CHARS and "\n" in sample:
+        sample = sample.rsplit("\n", 1)[0]  # drop a line cut in the middle
+
+    best, best_score = ",", (0.0, 1)
+    for candidate in DELIMITERS:
+        reader = csv.reader(io.StringIO(sample), delimiter=candidate)
+        rows = [r for r in itertools.islice(reader, _SNIFF_ROWS) if r]
+        if not rows or len(rows[0]) < 2:
+            continue
+        width = len(rows[0])
+        score = (sum(len(r) == width for r in rows) / len(rows), width)
+        if score > best_score:
+            best, best_score = candidate, score
+    return best
+
+
+def _delimiter_word(sep: str) -> str:
+    return {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}.get(
+        sep, repr(sep)
+    )
+
+
+def _clean_names(raw_names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    names: list[str] = []
+    renamed: list[tuple[str, str]] = []
+    for position, raw in enumerate(raw_names, start=1):
+        name = raw.strip()
+        if not name:
+            name = f"column_{position}"
+        if name != raw:
+            renamed.append((raw, name))
+        names.append(name)
+
+    positions: dict[str, list[int]] = {}
+    for position, name in enumerate(names, start=1):
+        positions.setdefault(name, []).append(position)
+    duplicates = {name: where for name, where in positions.items() if len(where) > 1}
+    if duplicates:
+        described = "; ".join(
+            f"{name!r} at positions {_and_join(where)} (raw: "
+            f"{', '.join(repr(raw_names[p - 1]) for p in where)})"
+            for name, where in duplicates.items()
+        )
+        raise DuplicateColumnError(
+            f"duplicate column names: {described} (positions are 1-based). Give each "
+            f"column a distinct name in the header",
+            duplicates=duplicates,
+        )
+
+    if renamed:
+        warnings.warn(
+            f"stripped whitespace around {len(renamed)} column name(s): "
+            + ", ".join(f"{raw!r} -> {name!r}" for raw, name in renamed),
+            DataWarning,
+            stacklevel=3,
+        )
+    return names, dict(renamed)
+
+
+def _and_join(items: Sequence[Any]) -> str:
+    text = [str(i) for i in items]
+    return text[0] if len(text) == 1 else ", ".join(text[:-1]) + " and " + text[-1]
+
+
+# --- the dataset ----------------------------------------------------------------------
+
+
+def load_dataset(spec: JobSpec) -> Dataset:
+    """Read, type and check the spec's data.
+
+    Args:
+        spec: The job spec; reads ``data``, ``target``, ``task``, ``ignore``,
+            ``delimiter`` and ``metric``.
+
+    Returns:
+        The :class:`Dataset`.
+
+    Raises:
+        InputError: Any problem with the file, the columns or the target (see
+            :func:`read_table` and :func:`build_schema`), or a metric that does not fit
+            the task.
+    """
+    frame, renamed = read_table(spec.data, delimiter=spec.delimiter)
+    frame, schema = build_schema(
+        frame, target=spec.target, task=spec.task, ignore=spec.ignore, renamed=renamed
+    )
+    if spec.metric is not None:
+        _check_metric_fits(spec.metric, schema.task)
+
+    logger.info(
+        "loaded %s: %d rows, %d features, task %s",
+        spec.data_label,
+        schema.n_rows,
+        len(schema.features),
+        schema.task.value,
+    )
+    return Dataset(frame=frame, schema=schema, source=spec.data_label)
+
+
+def build_schema(
+    frame: pd.DataFrame,
+    *,
+    target: str,
+    task: Task = Task.AUTO,
+    ignore: Iterable[str] = (),
+    renamed: dict[str, str] | None = None,
+) -> tuple[pd.DataFrame, Schema]:
+    """Type every column, check the target and settle the task.
+
+    Args:
+        frame: A table with clean, unique column names (as :func:`read_table` returns).
+        target: The column to predict.
+        task: The task asked for; ``Task.AUTO`` infers it from the labels.
+        ignore: Columns to leave out of the features.
+        renamed: Raw to stripped names, recorded in the schema.
+
+    Returns:
+        The frame without rows of missing target (index reset, labels normalised) and
+        its :class:`Schema`.
+
+    Raises:
+        ColumnNotFoundError: The target or an ignored column is not in the table.
+        ConfigurationError: The target is ignored, or the task does not fit the labels.
+        TargetMissingError: Every label is missing.
+        TargetSingleClassError: The labels hold one class.
+        NoUsableFeaturesError: Every feature column was dropped.
+    """
+    columns = [str(c) for c in frame.columns]
+    target = target.strip()
+    _require_columns([target], columns, role="target")
+    ignored = [name.strip() for name in ignore]
+    _require_columns(ignored, columns, role="ignore")
+    if target in ignored:
+        raise ConfigurationError(
+            f"the target {target!r} is also in the ignore list; remove it from ignore"
+        )
+
+    frame, dropped_rows = _drop_missing_target(frame, target)
+    labels, resolved, classes = _resolve_task(frame[target], target, task)
+    frame[target] = labels
+
+    safe = dict(zip(columns, make_safe_names(columns), strict=True))
+    typed: list[Column] = []
+    for name in columns:
+        if name == target:
+            typed.append(_target_column(name, safe[name], labels, len(dropped_rows)))
+        elif name in ignored:
+            typed.append(_ignored_column(name, safe[name], frame[name]))
+        else:
+            typed.append(_typed_column(name, safe[name], frame[name]))
+    _require_features(typed, target)
+    positive = _positive_class(labels, classes) if resolved == Task.BINARY else None
+
+    schema = Schema(
+        columns=tuple(typed),
+        target=target,
+        target_safe_name=safe[target],
+        task=resolved,
+        classes=tuple(classes),
+        positive_class=positive,
+        n_rows=len(frame),
+        n_rows_dropped_missing_target=len(dropped_rows),
+        dropped_target_rows=tuple(dropped_rows),
+        class_counts=_class_counts(labels, classes),
+        renamed_columns=dict(renamed or {}),
+    )
+    for column in typed:
+        if column.dropped_reason:
+            logger.debug("column %r dropped: %s", column.name, column.dropped_reason)
+    return frame, schema
+
+
+def load_holdout(spec: JobSpec, schema: Schema) -> Dataset | None:
+    """Read the spec's separate labelled test set, checked against the training schema.
+
+    Rows without a label are dropped and counted, as for the training data.
+
+    Args:
+        spec: The job spec; reads ``holdout_data`` and ``delimiter``.
+        schema: The training data's schema.
+
+    Returns:
+        The held-out :class:`Dataset` (its schema is the training schema with this
+        table's row and class counts), or None when the spec names no holdout data.
+
+    Raises:
+        ColumnNotFoundError: A feature or the target is missing from the holdout table.
+        TargetMissingError: Every holdout label is missing.
+        InputError: A holdout label is not one of the training classes.
+    """
+    if spec.holdout_data is None:
+        return None
+    frame, _ = read_table(spec.holdout_data, delimiter=spec.delimiter)
+    needed = [*schema.feature_names, schema.target]
+    _require_columns(needed, [str(c) for c in frame.columns], role="holdout")
+
+    frame, dropped_rows = _drop_missing_target(frame, schema.target, what="holdout")
+    labels = _normalise_labels(frame[schema.target], schema)
+    frame[schema.target] = labels
+    counts = _class_counts(labels, list(schema.classes))
+    held_schema = replace(
+        schema,
+        n_rows=len(frame),
+        n_rows_dropped_missing_target=len(dropped_rows),
+        dropped_target_rows=tuple(dropped_rows),
+        class_counts=counts,
+    )
+
+    label = (
+        str(spec.holdout_data)
+        if isinstance(spec.holdout_data, Path)
+        else f"<DataFrame {spec.holdout_data.shape}>"
+    )
+    logger.info("loaded holdout %s: %d labelled rows", label, len(frame))
+    return Dataset(frame=frame, schema=held_schema, source=label)
+
+
+def _check_metric_fits(name: str, task: Task) -> None:
+    from broker.metrics import get_metric, metrics_for_task
+
+    metric = get_metric(name)
+    if task not in metric.tasks:
+        allowed = ", ".join(m.name for m in metrics_for_task(task))
+        raise ConfigurationError(
+            f"metric {name!r} is not defined for a {task.value} task; "
+            f"choose from {allowed}"
+        )
+
+
+def _require_columns(
+    wanted: Sequence[str], columns: Sequence[str], *, role: str
+) -> None:
+    missing = [name for name in wanted if name not in columns]
+    if not missing:
+        return
+
+    name = missing[0]
+    lowered = {c.lower(): c for c in columns}
+    close = difflib.get_close_matches(name, columns, n=3, cutoff=0.6)
+    if name.lower() in lowered and lowered[name.lower()] not in close:
+        close.insert(0, lowered[name.lower()])
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    shown = ", ".join(repr(c) for c in columns[:50])
+    more = f" and {len(columns) - 50} more" if len(columns) > 50 else ""
+    what = {
+        "target": "target column",
+        "ignore": "column named in ignore",
+        "holdout": "column of the training data",
+    }[role]
+    raise ColumnNotFoundError(
+        f"{what} {', '.join(repr(m) for m in missing)} not found; the columns are "
+        f"{shown}{more}.{hint}",
+        column=name,
+        available=list(columns),
+    )
+
+
+# --- the target -----------------------------------------------------------------------
+
+
+def _drop_missing_target(
+    frame: pd.DataFrame, target: str, *, what: str = "data"
+) -> tuple[pd.DataFrame, list[int]]:
+    labels = frame[target]
+    missing = labels.isna().to_numpy()
+    if not pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(
+        labels
+    ):
+        blank = labels.map(lambda v: isinstance(v, str) and not v.strip())
+        missing = missing | blank.to_numpy(dtype=bool)
+
+    if missing.all():
+        raise TargetMissingError(
+            f"every value of the target {target!r} is missing in the {what} "
+            f"({len(frame)} rows); fill in the labels or choose another target column"
+        )
+    rows = (np.flatnonzero(missing) + 1).tolist()  # 1-based data row numbers
+    if not rows:
+        return frame.reset_index(drop=True).copy(), []
+
+    shown = ", ".join(str(r) for r in rows[:20]) + (" ..." if len(rows) > 20 else "")
+    warnings.warn(
+        f"dropped {len(rows)} row(s) of the {what} with a missing target {target!r} "
+        f"(data rows {shown}); {len(frame) - len(rows)} rows remain",
+        DataWarning,
+        stacklevel=4,
+    )
+    return frame.loc[~missing].reset_index(drop=True), rows
+
+
+def _resolve_task(
+    labels: pd.Series, target: str, task: Task
+) -> tuple[pd.Series, Task, list[Any]]:
+    kind, values = _label_kind(labels)
+    distinct = pd.unique(values)
+    if len(distinct) == 1:
+        only = _native(distinct[0])
+        raise TargetSingleClassError(
+            f"the target {target!r} holds a single class, {only!r}, in all "
+            f"{len(values)} labelled rows; a model needs at least two classes. Check "
+            f"the target column, or add rows of another class",
+            column=target,
+            value=only,
+        )
+
+    integer_valued = kind == "numeric" and bool(np.all(np.mod(values, 1) == 0))
+    if task == Task.AUTO:
+        few_integers = integer_valued and len(distinct) <= MAX_INTEGER_CLASSES
+        if kind == "numeric" and not few_integers:
+            task = Task.REGRESSION
+        else:
+            task = Task.BINARY if len(distinct) == 2 else Task.MULTICLASS
+    _check_task_fits(task, kind, len(distinct), target, values)
+
+    if task == Task.REGRESSION:
+        return pd.Series(values.astype(np.float64), index=labels.index), task, []
+    if integer_valued:
+        values = values.astype(np.int64)
+    result = pd.Series(values, index=labels.index, dtype=object)
+    classes = sorted((_native(v) for v in pd.unique(values)), key=_class_sort_key)
+    result = result.map(_native)
+    return result, task, classes
+
+
+def _label_kind(labels: pd.Series) -> tuple[str, np.ndarray[Any, Any]]:
+    if pd.api.types.is_bool_dtype(labels):
+        return "bool", labels.to_numpy(dtype=bool)
+    if pd.api.types.is_numeric_dtype(labels):
+        return "numeric", labels.to_numpy(dtype=np.float64)
+
+    objects = labels.to_numpy(dtype=object)
+    if all(isinstance(v, bool | np.bool_) for v in objects):
+        return "bool", objects.astype(bool)
+    if all(
+        isinstance(v, int | float | np.number) and not isinstance(v, bool)
+        for v in objects
+    ):
+        return "numeric", objects.astype(np.float64)
+    return "text", np.array([str(v).strip() for v in objects], dtype=object)
+
+
+def _check_task_fits(
+    task: Task, kind: str, n_distinct: int, target: str, values: np.ndarray[Any, Any]
+) -> None:
+    if task == Task.REGRESSION and kind != "numeric":
+        sample = ", ".join(repr(_native(v)) for v in pd.unique(values)[:3])
+        raise ConfigurationError(
+            f"task 'regression' needs numbers in the target {target!r}, which holds "
+            f"{kind} labels such as {sample}; use task 'binary' or 'multiclass', or "
+            f"leave the task on 'auto'"
+        )
+    if task == Task.BINARY and n_distinct != 2:
+        raise ConfigurationError(
+            f"task 'binary' needs exactly 2 classes, but the target {target!r} has "
+            f"{n_distinct}; use task 'multiclass' or 'auto'"
+        )
+    if task == Task.MULTICLASS and n_distinct < 3:
+        raise ConfigurationError(
+            f"task 'multiclass' needs at least 3 classes, but the target {target!r} "
+            f"has {n_distinct}; use task 'binary' or 'auto'"
+        )
+
+
+def _normalise_labels(labels: pd.Series, schema: Schema) -> pd.Series:
+    if schema.task == Task.REGRESSION:
+        kind, values = _label_kind(labels)
+        _check_task_fits(Task.REGRESSION, kind, 2, schema.target, values)
+        return pd.Series(values, index=labels.index)
+
+    by_value = {c: c for c in schema.classes}
+    by_text = {str(c): c for c in schema.classes}
+    _, values = _label_kind(labels)
+    normalised: list[Any] = []
+    unknown: set[str] = set()
+    for value in values.tolist():
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        found = by_value.get(value, by_text.get(str(value)))
+        if found is None:
+            unknown.add(repr(value))
+        normalised.append(found)
+    if unknown:
+        raise InputError(
+            f"holdout labels {', '.join(sorted(unknown)[:10])} of {schema.target!r} "
+            f"are not among the training classes {list(schema.classes)}; remove those "
+            f"rows or add them to the training data"
+        )
+    return pd.Series(normalised, index=labels.index, dtype=object)
+
+
+def _positive_class(labels: pd.Series, classes: list[Any]) -> Any:
+    natural = _natural_positive(classes)
+    if natural is not None:
+        return natural
+
+    counts = labels.value_counts()
+    # Minority class; on a tie, the label that sorts last.
+    return min(reversed(classes), key=lambda c: counts.get(c, 0))
+
+
+def _natural_positive(classes: list[Any]) -> Any:
+    if all(isinstance(c, bool) for c in classes):
+        return True
+    texts = [str(c).strip().lower() for c in classes]
+    if all(isinstance(c, int | float) for c in classes):
+        texts = [str(int(c)) if float(c).is_integer() else str(c) for c in classes]
+    positive = _NATURAL_PAIRS.get(frozenset(texts))
+    if positive is not None:
+        return classes[texts.index(positive)]
+
+    # Income-style brackets such as '<=50K' / '>50K': the upper bracket is positive.
+    upper = [c for c, t in zip(classes, texts, strict=True) if t.startswith(">")]
+    lower = [t for t in texts if t.startswith("<")]
+    if len(upper) == 1 and len(lower) == 1:
+        return upper[0]
+    return None
+
+
+def _class_counts(labels: pd.Series, classes: list[Any]) -> dict[str, int]:
+    if not classes:
+        return {}
+    counts = labels.value_counts()
+    return {str(c): int(counts.get(c, 0)) for c in classes}
+
+
+def _class_sort_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, bool | int | float):
+        return (0, float(value))
+    return (1, str(value))
+
+
+def _native(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# --- column typing --------------------------------------------------------------------
+
+
+def _target_column(name: str, safe: str, labels: pd.Series, n_missing: int) -> Column:
+    return Column(
+        name=name,
+        safe_name=safe,
+        kind=ColumnKind.TARGET,
+        n_missing=n_missing,
+        n_unique=int(labels.nunique()),
+    )
+
+
+def _ignored_column(name: str, safe: str, values: pd.Series) -> Column:
+    return Column(
+        name=name,
+        safe_name=safe,
+        kind=ColumnKind.IGNORED,
+        dropped_reason="ignored (named in the ignore list)",
+        n_missing=int(values.isna().sum()),
+        n_unique=int(values.nunique()),
+    )
+
+
+def _typed_column(name: str, safe: str, values: pd.Series) -> Column:
+    present = values.dropna()
+    n_missing = len(values) - len(present)
+    n_unique = int(present.nunique())
+    kind, reason = _infer_kind(name, values, present, n_unique)
+    return Column(
+        name=name,
+        safe_name=safe,
+        kind=kind,
+        dropped_reason=reason,
+        n_missing=n_missing,
+        n_unique=n_unique,
+    )
+
+
+def _infer_kind(
+    name: str, values: pd.Series, present: pd.Series, n_unique: int
+) -> tuple[ColumnKind, str | None]:
+    if n_unique == 0:
+        return ColumnKind.CONSTANT, "constant (every value is missing)"
+    if n_unique == 1:
+        only = _native(present.iloc[0])
+        return ColumnKind.CONSTANT, f"constant (every present value is {only!r})"
+
+    all_distinct = n_unique == len(present) and len(present) >= 2
+    id_name = bool(_ID_NAME.search(name.lower()) or _CAMEL_ID.search(name))
+    if pd.api.types.is_bool_dtype(values):
+        return ColumnKind.CATEGORICAL, None
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return ColumnKind.DATETIME, None
+
+    numbers = _as_numbers(present)
+    if numbers is not None:
+        if all_distinct and _looks_like_row_numbers(numbers, by_name=id_name):
+            return ColumnKind.IDENTIFIER, "identifier (a distinct whole number per row)"
+        return ColumnKind.NUMERIC, None
+    if _looks_like_dates(present):
+        return ColumnKind.DATETIME, None
+    if all_distinct and (len(present) == len(values) or id_name):
+        return ColumnKind.IDENTIFIER, "identifier (a distinct value in every row)"
+    # TODO(text-features): long free text is typed categorical; no TEXT detection yet.
+    return ColumnKind.CATEGORICAL, None
+
+
+def _as_numbers(present: pd.Series) -> pd.Series | None:
+    if pd.api.types.is_numeric_dtype(present):
+        return present
+    if len(present) == 0 or pd.api.types.is_bool_dtype(present):
+        return None
+
+    # Numbers stored as text ("0.12"): try a sample first so text columns fail fast.
+    def convert(part: pd.Series) -> pd.Series | None:
+        text = part.astype(object).map(
+            lambda v: v.strip() if isinstance(v, str) else str(v)
+        )
+        numbers = pd.to_numeric(text, errors="coerce")
+        return None if numbers.isna().any() else numbers
+
+    if convert(present.iloc[:_TYPE_SAMPLE]) is None:
+        return None
+    return convert(present)
+
+
+def _looks_like_row_numbers(numbers: pd.Series, *, by_name: bool) -> bool:
+    array = numbers.to_numpy(dtype=np.float64)
+    if not np.all(np.mod(array, 1) == 0):
+        return False
+    if by_name:
+        return True
+    # An unnamed column of 0..n-1 or 1..n in row order is a saved row index.
+    steps = np.diff(array)
+    return len(array) >= 3 and bool(np.all(steps == 1))
+
+
+def _looks_like_dates(present: pd.Series) -> bool:
+    head = present.iloc[:_TYPE_SAMPLE]
+    if not all(isinstance(v, str) and _ISO_DATE.match(v.strip()) for v in head):
+        return False
+    if not all(isinstance(v, str) and _ISO_DATE.match(v.strip()) for v in present):
+        return False
+    parsed = pd.to_datetime(present.astype(object).str.strip(), errors="coerce")
+    return not parsed.isna().any()
+
+
+def _require_features(columns: list[Column], target: str) -> None:
+    if any(c.is_feature for c in columns):
+        return
+    dropped = {c.name: c.dropped_reason or "" for c in columns if c.name != target}
+    listed = "; ".join(f"{name}: {reason}" for name, reason in dropped.items())
+    raise NoUsableFeaturesError(
+        f"no usable feature columns remain besides the target {target!r}"
+        + (f" — dropped {listed}" if listed else " (the table has no other column)")
+        + ". Add columns that describe each row, or shorten the ignore list",
+        dropped=dropped,
+    )
+
+
+# --- safe names -----------------------------------------------------------------------
+
+
+def make_safe_names(names: Sequence[str]) -> list[str]:
+    """Backend-safe column names, one-to-one with ``names`` and deterministic.
+
+    A safe name holds ASCII letters, digits and underscores, starts with a letter, is at
+    most ``MAX_SAFE_NAME_LENGTH`` long, and differs from every other safe name even when
+    case is ignored. A name that is already safe is kept; others are transliterated,
+    and a clash gets the smallest free ``_2``, ``_3``... suffix, in column order.
+
+    Example:
+        >>> make_safe_names(["temp:max", "size[cm]", "a,b", "Größe", "a b", "a_b"])
+        ['temp_max', 'size_cm', 'a_b_2', 'Grosse', 'a_b_3', 'a_b']
+    """
+    taken: set[str] = set()
+    result: list[str | None] = [None] * len(names)
+    for position, name in enumerate(names):
+        fits = _SAFE_NAME.match(name) and len(name) <= MAX_SAFE_NAME_LENGTH
+        if fits and name.lower() not in taken:
+            taken.add(name.lower())
+            result[position] = name
+
+    for position, name in enumerate(names):
+        if result[position] is not None:
+            continue
+        base = _safe_base(name, position)
+        candidate, suffix = base, 1
+        while candidate.lower() in taken:
+            suffix += 1
+            tail = f"_{suffix}"
+            candidate = base[: MAX_SAFE_NAME_LENGTH - len(tail)] + tail
+        taken.add(candidate.lower())
+        result[position] = candidate
+    return [r for r in result if r is not None]
+
+
+def _safe_base(name: str, position: int) -> str:
+    text = name.translate(_TRANSLITERATE)
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    text = _UNSAFE_RUN.sub("_", text.encode("ascii", "ignore").decode()).strip("_")
+    if not text:
+        text = f"column_{position + 1}"
+    elif not text[0].isalpha():
+        text = f"c_{text}"
+    return text[:MAX_SAFE_NAME_LENGTH].rstrip("_")
+
+
+# --- the held-out split ---------------------------------------------------------------
+
+
+def split_holdout(dataset: Dataset, fraction: float, seed: int) -> HoldoutSplit:
+    """Split rows into training rows and the broker's held-out scoring rows.
+
+    Classification splits are stratified by class; the same data, fraction and seed
+    always give the same split.
+
+    Args:
+        dataset: The loaded data.
+        fraction: The share of rows held out, between 0 and 1.
+        seed: The random seed.
+
+    Returns:
+        Sorted row positions for training and for scoring.
+
+    Raises:
+        ConfigurationError: ``fraction`` is not between 0 and 1.
+        InputError: Too few rows for the split, or for one row of every class on each
+            side of a stratified split.
+
+    Warns:
+        DataWarning: A class has a single row, so the split cannot be stratified and is
+            made at random instead.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigurationError(
+            f"holdout_fraction must be between 0 and 1 (exclusive), got {fraction}"
+        )
+    n = dataset.n_rows
+    n_test = math.ceil(fraction * n)
+    if n_test < 1 or n - n_test < 1:
+        raise InputError(
+            f"{n} rows are too few to hold out {fraction:.0%} and still train; add "
+            f"rows or pass a separate holdout_data table"
+        )
+
+    from sklearn.model_selection import train_test_split
+
+    schema = dataset.schema
+    stratify = None
+    if schema.task != Task.REGRESSION:
+        stratify = _stratify_labels(dataset, n_test, fraction)
+    train, test = train_test_split(
+        np.arange(n),
+        test_size=n_test,
+        random_state=seed,
+        shuffle=True,
+        stratify=stratify,
+    )
+    return HoldoutSplit(
+        train_index=np.sort(train),
+        test_index=np.sort(test),
+        fraction=fraction,
+        seed=seed,
+        stratified=stratify is not None,
+    )
+
+
+def _stratify_labels(
+    dataset: Dataset, n_test: int, fraction: float
+) -> np.ndarray[Any, Any] | None:
+    schema = dataset.schema
+    labels = dataset.y
+    counts = labels.value_counts()
+    single = [c for c in schema.classes if counts.get(c, 0) < 2]
+    if single:
+        warnings.warn(
+            f"class(es) {', '.join(repr(c) for c in single)} of {schema.target!r} "
+            f"have a single row, so the held-out split is random, not stratified; "
+            f"such a class is in the training rows or the scoring rows, never both",
+            DataWarning,
+            stacklevel=3,
+        )
+        return None
+
+    n_classes = len(counts)
+    n_train = dataset.n_rows - n_test
+    if n_test < n_classes or n_train < n_classes:
+        needed = n_classes / dataset.n_rows
+        raise InputError(
+            f"a stratified split of {dataset.n_rows} rows with holdout_fraction "
+            f"{fraction} gives {n_test} scoring and {n_train} training rows, fewer "
+            f"than the {n_classes} classes; set holdout_fraction between "
+            f"{needed:.2f} and {1 - needed:.2f}, add rows, or pass a separate "
+            f"holdout_data table"
+        )
+    return labels.astype(str).to_numpy()
+
+
+# --- frames for backends --------------------------------------------------------------
+
+
+def to_safe_frame(
+    frame: pd.DataFrame, schema: Schema, *, include_target: bool = True
+) -> pd.DataFrame:
+    """The feature columns (and target) under their safe names, typed for backends.
+
+    Numeric features become float64 (text that is not a number becomes NaN, with a
+    DataWarning), categorical features text with NaN kept, datetime features
+    datetime64. Columns may be addressed by their original or their safe names.
+
+    Args:
+        frame: Rows with the schema's columns (extra columns are left out).
+        schema: The schema from intake.
+        include_target: Also carry the target under its safe name.
+
+    Returns:
+        A new DataFrame with the same index.
+
+    Raises:
+        ColumnNotFoundError: A feature (or the target, when included) is missing.
+    """
+    available = {str(c).strip(): c for c in frame.columns}
+    wanted = list(schema.features)
+    if include_target:
+        wanted += [c for c in schema.columns if c.kind == ColumnKind.TARGET]
+
+    missing = [c.name for c in wanted if c.name not in available and
+               c.safe_name not in available]  # fmt: skip
+    if missing:
+        _require_columns(missing, list(available), role="holdout")
+
+    data: dict[str, pd.Series] = {}
+    for column in wanted:
+        key = available.get(column.name, available.get(column.safe_name))
+        data[column.safe_name] = _typed_values(frame[key], column, schema)
+    return pd.DataFrame(data, index=frame.index)
+
+
+def _typed_values(values: pd.Series, column: Column, schema: Schema) -> pd.Series:
+    if column.kind == ColumnKind.TARGET:
+        if schema.task == Task.REGRESSION:
+            return pd.to_numeric(values, errors="coerce").astype(np.float64)
+        return values.astype(object)
+    if column.kind == ColumnKind.NUMERIC:
+        return _numeric_values(values, column.name)
+    if column.kind == ColumnKind.DATETIME:
+        # TODO(datetime-features): backends get datetime64; no expansion into parts yet.
+        return pd.to_datetime(values, errors="coerce")
+
+    missing = values.isna()
+    text = values.astype(object).map(str).astype(object)
+    return text.where(~missing, np.nan)
+
+
+def _numeric_values(values: pd.Series, name: str) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype(np.float64)
+
+    text = values.astype(object).map(lambda v: v.strip() if isinstance(v, str) else v)
+    numbers = pd.to_numeric(text, errors="coerce").astype(np.float64)
+    bad = numbers.isna() & values.notna()
+    if bad.any():
+        examples = ", ".join(repr(v) for v in values[bad].unique()[:3])
+        warnings.warn(
+            f"column {name!r}: {int(bad.sum())} value(s) are not numbers and were "
+            f"treated as missing, such as {examples}",
+            DataWarning,
+            stacklevel=4,
+        )
+    return numbers

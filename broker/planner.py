@@ -1,0 +1,720 @@
+"""The cost optimizer: which provider, machine and region should run a job.
+
+Every training row of the price catalog is a possible candidate (provider x machine x
+region). :func:`make_plan` quotes each one, drops the infeasible ones with a stated
+reason, and orders the rest by estimated cost: training at the high end (the whole
+runtime budget, rounded by the provider's billing rule) plus one month of serving.
+
+A rejection keeps its quote when a price was found, so the comparison table can show
+what every provider would have cost even when none of the clouds has credentials. The
+local backend is always a candidate when the job fits this machine's memory; it is
+priced from the local rate the user sets (``AUTOML_BROKER_LOCAL_RATE``, default $0/h)
+and ranks after the clouds when the costs tie.
+
+Example:
+    >>> from broker.schema import Schema
+    >>> from broker.spec import JobSpec, Task
+    >>> from cost_models.catalog import Catalog
+    >>> catalog = Catalog.from_rows([
+    ...     {"provider": "local", "sku": "this-machine", "region": "local",
+    ...      "memory_gib": "16"},
+    ... ])
+    >>> schema = Schema(columns=(), target="y", target_safe_name="y",
+    ...                 task=Task.BINARY, n_rows=100)
+    >>> plan = make_plan(JobSpec(data="t.csv", target="y"), schema, catalog=catalog)
+    >>> plan.chosen.provider
+    'local'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any, Literal
+
+from broker.credentials import H2O_URL_ENV
+from broker.errors import (
+    ConfigurationError,
+    PlanningError,
+    PriceMissingWarning,
+    PriceUnavailableError,
+    RegionNotOfferedError,
+)
+from broker.spec import PROVIDER_NAMES
+from cost_models.catalog import PRICES_ENV, Catalog, PriceRow, load_catalog
+from cost_models.estimate import Quote, estimate_memory_gib, hourly_price, quote
+
+if TYPE_CHECKING:
+    from broker.providers.base import Availability
+    from broker.schema import Schema
+    from broker.spec import JobSpec
+
+logger = logging.getLogger(__name__)
+
+LOCAL_RATE_ENV = "AUTOML_BROKER_LOCAL_RATE"
+DEFAULT_LOCAL_USD_PER_HOUR = Decimal(0)
+
+RejectionReason = Literal[
+    "over_budget",
+    "not_enough_memory",
+    "unavailable",
+    "region_not_allowed",
+    "price_missing",
+    "unsupported_task",
+    "not_allowed",
+]
+_PROVIDER_ORDER = {name: index for index, name in enumerate(PROVIDER_NAMES)}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A feasible way to run the job, with its quote and why it sits where it does."""
+
+    provider: str
+    machine: str
+    region: str
+    quote: Quote
+    rank_reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "machine": self.machine,
+            "region": self.region,
+            "rank_reason": self.rank_reason,
+            "quote": self.quote.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A provider x machine x region left out of the plan, and why."""
+
+    provider: str
+    machine: str
+    region: str
+    reason: RejectionReason
+    detail: str
+    quote: Quote | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "machine": self.machine,
+            "region": self.region,
+            "reason": self.reason,
+            "detail": self.detail,
+            "quote": None if self.quote is None else self.quote.to_dict(),
+        }
+
+
+@dataclass
+class Plan:
+    """The ordered feasible candidates and every rejection, with the reasons."""
+
+    candidates: list[Candidate]
+    rejections: list[Rejection]
+    runtime_s: int = 0
+    memory_needed_gib: float = 0.0
+    local_usd_per_hour: Decimal = DEFAULT_LOCAL_USD_PER_HOUR
+    price_missing: list[str] = field(default_factory=list)
+
+    @property
+    def chosen(self) -> Candidate | None:
+        """The first candidate: the one the broker runs first."""
+        return self.candidates[0] if self.candidates else None
+
+    def comparison(self) -> list[dict[str, Any]]:
+        """One row per provider: its cheapest quote and whether it was chosen, feasible
+        or skipped (with the reason). The CLI prints this as the comparison table."""
+        rows = []
+        for provider in self._providers():
+            feasible = [c for c in self.candidates if c.provider == provider]
+            if feasible:
+                best = feasible[0]
+                status = "chosen" if best is self.chosen else "feasible"
+                rows.append(_comparison_row(provider, status, best.quote, "", best))
+                continue
+            rejected = [r for r in self.rejections if r.provider == provider]
+            main = _main_rejection(rejected)
+            quoted = [r for r in rejected if r.quote is not None]
+            cheapest = min(quoted, key=lambda r: _cost_key(r.quote)) if quoted else None
+            rows.append(
+                _comparison_row(
+                    provider,
+                    main.reason,
+                    None if cheapest is None else cheapest.quote,
+                    main.detail,
+                    cheapest or main,
+                )
+            )
+        return rows
+
+    def explanation(self) -> str:
+        """Why the first candidate was chosen and why each other provider was not."""
+        lines = []
+        chosen = self.chosen
+        if chosen is None:
+            lines.append("No provider can run this job.")
+        else:
+            lines.append(
+                f"Chose {_where(chosen)}: the lowest estimate, "
+                f"{_quote_text(chosen.quote)}."
+            )
+            if chosen.quote.is_local:
+                lines.append(
+                    f"  Local runs are priced at {_usd(self.local_usd_per_hour)}/h, "
+                    f"the local rate (power and amortisation; set {LOCAL_RATE_ENV})."
+                )
+            if chosen.quote.user_supplied:
+                lines.append(f"  Price is user-supplied ({chosen.quote.price_source}).")
+
+        for row in self.comparison():
+            if row["status"] == "chosen":
+                continue
+            if row["status"] == "feasible":
+                assert chosen is not None, "a feasible provider implies a chosen one"
+                extra = row["total_usd"] - chosen.quote.total_usd
+                verdict = (
+                    f"{_usd(extra)} more"
+                    if extra > 0
+                    else "same estimate, ranked later on the tie"
+                )
+                lines.append(
+                    f"- {row['provider']}: feasible, best {row['machine']} in "
+                    f"{row['region']} at {_usd(row['total_usd'])} ({verdict})"
+                )
+                continue
+            text = f"- {row['provider']}: skipped, {row['status']}: {row['detail']}"
+            if row["training_usd_high"] is not None:
+                text += f" (estimate {_quote_text(row['quote'])})"
+            lines.append(text)
+
+        if self.price_missing:
+            lines.append(
+                "Left out for lack of a usable price: " + ", ".join(self.price_missing)
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form of the whole plan, saved in the run folder."""
+        chosen = self.chosen
+        return {
+            "chosen": None if chosen is None else chosen.to_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "rejections": [r.to_dict() for r in self.rejections],
+            "runtime_s": self.runtime_s,
+            "memory_needed_gib": self.memory_needed_gib,
+            "local_usd_per_hour": str(self.local_usd_per_hour),
+            "price_missing": list(self.price_missing),
+            "comparison": [_comparison_json(row) for row in self.comparison()],
+            "explanation": self.explanation(),
+        }
+
+    def _providers(self) -> list[str]:
+        names = {c.provider for c in self.candidates}
+        names.update(r.provider for r in self.rejections)
+        return sorted(names, key=lambda n: (_PROVIDER_ORDER.get(n, 99), n))
+
+
+def make_plan(
+    spec: JobSpec,
+    schema: Schema,
+    *,
+    catalog: Catalog | None = None,
+    availability: Mapping[str, Availability] | None = None,
+    local_rate_usd_per_hour: Decimal | None = None,
+    unsupported: Mapping[str, Mapping[str, str]] | None = None,
+) -> Plan:
+    """Quote every provider x machine x region and order the feasible ones by cost.
+
+    Args:
+        spec: the job; budget, constraints and deployment are read.
+        schema: the table's schema; its size sets the memory estimate and its task
+            what a provider must support.
+        catalog: the prices; the shipped catalogs plus ``AUTOML_BROKER_PRICES`` when
+            None.
+        availability: per provider name; names left out are found with
+            :func:`broker.credentials.discover`.
+        local_rate_usd_per_hour: the local machine's rate; ``AUTOML_BROKER_LOCAL_RATE``
+            or $0/h when None.
+        unsupported: per provider, feature -> why it is not supported; read from the
+            provider classes when None.
+
+    Returns:
+        The plan, candidates cheapest first.
+
+    Raises:
+        PriceUnavailableError: a machine named in ``constraints.machines`` has no
+            usable price.
+        RegionNotOfferedError: a region in ``constraints.regions`` is not sold by any
+            allowed provider, or not for a machine the user named.
+        PlanningError: no candidate is feasible; its ``rejections`` say why.
+
+    Warns:
+        PriceMissingWarning: naming the SKUs left out for lack of a price.
+    """
+    catalog = load_catalog() if catalog is None else catalog
+    context = _Context.build(
+        spec, schema, availability, local_rate_usd_per_hour, unsupported
+    )
+    _check_forced(catalog, context)
+
+    feasible: list[Quote] = []
+    rejections: list[Rejection] = []
+    missing: list[str] = []
+    serving_cache: dict[tuple[str, str], PriceRow | None] = {}
+    for row in catalog.training_rows():
+        outcome = _judge(row, catalog, context, serving_cache)
+        if isinstance(outcome, Quote):
+            feasible.append(outcome)
+        else:
+            rejections.append(outcome)
+            if outcome.reason == "price_missing":
+                label = _missing_label(row, serving=outcome.quote is not None)
+                if label not in missing:
+                    missing.append(label)
+
+    if missing:
+        warnings.warn(
+            "no usable price for " + ", ".join(missing) + "; left out of the ranking "
+            f"(a missing or 0.0 cloud price is never read as free): supply prices "
+            f"with {PRICES_ENV}=FILE",
+            PriceMissingWarning,
+            stacklevel=2,
+        )
+
+    plan = Plan(
+        candidates=_ranked(feasible),
+        rejections=rejections,
+        runtime_s=context.runtime_s,
+        memory_needed_gib=context.memory_needed_gib,
+        local_usd_per_hour=context.local_rate,
+        price_missing=missing,
+    )
+    if plan.chosen is None:
+        raise PlanningError(
+            "no provider can run this job within its constraints:\n"
+            + plan.explanation(),
+            rejections=plan.rejections,
+        )
+    logger.info(
+        "plan: %s (%d feasible, %d rejected)",
+        _where(plan.chosen),
+        len(plan.candidates),
+        len(plan.rejections),
+    )
+    return plan
+
+
+# --- the job's requirements -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Context:
+    providers: frozenset[str] | None
+    regions: frozenset[str] | None
+    machines: frozenset[str] | None
+    gpu: bool | None
+    task: str
+    runtime_s: int
+    memory_needed_gib: float
+    max_usd: Decimal | None
+    hours_per_month: Decimal
+    instances: int
+    local_rate: Decimal
+    availability: dict[str, Availability]
+    unsupported: Mapping[str, Mapping[str, str]] | None
+
+    @classmethod
+    def build(
+        cls,
+        spec: JobSpec,
+        schema: Schema,
+        availability: Mapping[str, Availability] | None,
+        local_rate: Decimal | None,
+        unsupported: Mapping[str, Mapping[str, str]] | None,
+    ) -> _Context:
+        constraints = spec.constraints
+        memory = estimate_memory_gib(schema.n_rows, len(schema.features) + 1)
+        if constraints.min_memory_gib is not None:
+            memory = max(memory, constraints.min_memory_gib)
+        return cls(
+            providers=_frozen(constraints.providers),
+            regions=_frozen(constraints.regions),
+            machines=_frozen(constraints.machines),
+            gpu=constraints.gpu,
+            task=schema.task.value,
+            runtime_s=spec.budget.max_runtime_s,
+            memory_needed_gib=memory,
+            max_usd=spec.budget.max_usd,
+            hours_per_month=spec.deployment.hours_per_month,
+            instances=spec.deployment.instances,
+            local_rate=_local_rate(local_rate),
+            availability=dict(availability or {}),
+            unsupported=unsupported,
+        )
+
+    def allows_provider(self, provider: str) -> bool:
+        return self.providers is None or provider in self.providers
+
+    def allows_region(self, row: PriceRow) -> bool:
+        # Local rows run on the user's own machine: a region pin does not apply to them.
+        return self.regions is None or row.is_local or row.region in self.regions
+
+    def availability_of(self, provider: str) -> Availability:
+        found = self.availability.get(provider)
+        if found is None:
+            from broker.credentials import discover
+
+            found = discover(provider)
+            self.availability[provider] = found
+        return found
+
+    def limits_of(self, provider: str) -> Mapping[str, str]:
+        if self.unsupported is not None:
+            return self.unsupported.get(provider, {})
+        return _declared_limits(provider)
+
+
+def _check_forced(catalog: Catalog, context: _Context) -> None:
+    """Refuse machines and regions the user named that have no usable price."""
+    rows = [r for r in catalog.training_rows() if context.allows_provider(r.provider)]
+
+    for machine in sorted(context.machines or ()):
+        named = [r for r in rows if r.sku == machine]
+        if not named:
+            known = sorted({r.sku for r in rows})
+            raise PriceUnavailableError(
+                f"machine {machine!r} has no price in the catalog; choose one of "
+                f"{known} or add its price to a price file ({PRICES_ENV}=FILE)",
+                sku=machine,
+            )
+        in_region = [r for r in named if context.allows_region(r)]
+        if not in_region:
+            assert context.regions is not None, "only a region pin empties the list"
+            raise RegionNotOfferedError(
+                f"machine {machine!r} is not priced in region(s) "
+                f"{sorted(context.regions)}; it is priced in "
+                f"{sorted({r.region for r in named})}: pick one of those or add a "
+                f"price for the region to a price file ({PRICES_ENV}=FILE)",
+                provider=named[0].provider,
+                sku=machine,
+                region=",".join(sorted(context.regions)),
+            )
+        if all(hourly_price(r, context.local_rate) is None for r in in_region):
+            first = in_region[0]
+            raise PriceUnavailableError(
+                f"machine {machine!r} ({first.provider}) has no usable price in "
+                f"{sorted({r.region for r in in_region})}: the catalog's price is "
+                f"missing or 0.0, which is never read as free; supply its price in a "
+                f"price file ({PRICES_ENV}=FILE)",
+                provider=first.provider,
+                sku=machine,
+                region=first.region,
+            )
+
+    if context.regions is not None:
+        cloud = [r for r in rows if not r.is_local]
+        if cloud and not any(r.region in context.regions for r in cloud):
+            raise RegionNotOfferedError(
+                f"no allowed provider has prices for region(s) "
+                f"{sorted(context.regions)}; priced regions are "
+                f"{sorted({r.region for r in cloud})}",
+                region=",".join(sorted(context.regions)),
+            )
+
+
+# --- one row --------------------------------------------------------------------------
+
+
+def _judge(
+    row: PriceRow,
+    catalog: Catalog,
+    context: _Context,
+    serving_cache: dict[tuple[str, str], PriceRow | None],
+) -> Quote | Rejection:
+    """The row's quote when it is feasible, or the first reason it is not."""
+    refusal = _constraint_refusal(row, context)
+    if refusal is not None:
+        reason, detail = refusal
+        return Rejection(row.provider, row.sku, row.region, reason, detail)
+
+    usd_per_hour = hourly_price(row, context.local_rate)
+    if usd_per_hour is None:
+        return _rejection(row, "price_missing", _missing_detail(row))
+    serving = _serving_row(row, catalog, context, serving_cache)
+    estimate = quote(
+        row,
+        usd_per_hour=usd_per_hour,
+        runtime_s=context.runtime_s,
+        memory_needed_gib=context.memory_needed_gib,
+        serving=serving,
+        hours_per_month=context.hours_per_month,
+        instances=context.instances,
+        local_usd_per_hour=context.local_rate,
+    )
+    if estimate.serving_usd_per_month is None:
+        return _rejection(
+            row,
+            "price_missing",
+            f"no endpoint price for {row.provider} in {row.region}, and the job asks "
+            f"for {context.hours_per_month} serving hours a month",
+            estimate,
+        )
+
+    if not estimate.fits_memory:
+        return _rejection(
+            row,
+            "not_enough_memory",
+            f"needs about {estimate.memory_needed_gib:g} GiB, {row.sku} has "
+            f"{estimate.memory_offered_gib:g} GiB",
+            estimate,
+        )
+    available = context.availability_of(row.provider)
+    if not available.available:
+        return _rejection(row, "unavailable", available.reason, estimate)
+    if (
+        row.provider == "h2o"
+        and not row.is_local
+        and available.credential_source != H2O_URL_ENV
+    ):
+        return _rejection(
+            row,
+            "unavailable",
+            "H2O on a cloud VM needs a running cluster: start one on the VM and set "
+            f"{H2O_URL_ENV}",
+            estimate,
+        )
+    if context.max_usd is not None and estimate.training_usd_high > context.max_usd:
+        return _rejection(
+            row,
+            "over_budget",
+            f"training estimate {_usd(estimate.training_usd_high)} "
+            f"({estimate.billing_unit}) exceeds budget.max_usd "
+            f"{_usd(context.max_usd)}",
+            estimate,
+        )
+    return estimate
+
+
+def _constraint_refusal(
+    row: PriceRow, context: _Context
+) -> tuple[RejectionReason, str] | None:
+    if not context.allows_provider(row.provider):
+        return "not_allowed", f"constraints.providers excludes {row.provider}"
+    if context.machines is not None and row.sku not in context.machines:
+        return "not_allowed", f"constraints.machines does not list {row.sku}"
+    if not context.allows_region(row):
+        return "region_not_allowed", (
+            f"region {row.region} is not in constraints.regions "
+            f"{sorted(context.regions or ())}"
+        )
+
+    limits = context.limits_of(row.provider)
+    if context.task in limits:
+        return "unsupported_task", f"{context.task}: {limits[context.task]}"
+    if context.gpu and row.gpus == 0:
+        return "not_allowed", f"constraints.gpu asks for a GPU and {row.sku} has none"
+    if context.gpu and "gpu" in limits:
+        return "unsupported_task", f"gpu: {limits['gpu']}"
+    if context.gpu is False and row.gpus > 0:
+        return "not_allowed", f"constraints.gpu is false and {row.sku} has a GPU"
+    return None
+
+
+def _serving_row(
+    row: PriceRow,
+    catalog: Catalog,
+    context: _Context,
+    cache: dict[tuple[str, str], PriceRow | None],
+) -> PriceRow | None:
+    """The endpoint the model would be served on: the provider's cheapest endpoint in
+    the region; a VM the user runs (a host row with no endpoint rows) serves itself."""
+    if context.hours_per_month == 0:
+        return None
+
+    key = (row.provider, row.region)
+    if key not in cache:
+        priced = [
+            (price, r.sku, r)
+            for r in catalog.endpoint_rows(row.provider, row.region)
+            if (price := hourly_price(r, context.local_rate)) is not None
+        ]
+        cache[key] = min(priced, key=lambda item: item[:2])[2] if priced else None
+    cheapest = cache[key]
+    if cheapest is None and row.component == "host":
+        return row
+    return cheapest
+
+
+def _ranked(quotes: list[Quote]) -> list[Candidate]:
+    ordered = sorted(
+        quotes,
+        key=lambda q: (
+            _cost_key(q),
+            q.provider == "local",  # the local search is the last resort on a tie
+            _PROVIDER_ORDER.get(q.provider, 99),
+            q.region,
+            q.sku,
+        ),
+    )
+    if not ordered:
+        return []
+
+    first = ordered[0]
+    ranked = [
+        Candidate(
+            first.provider,
+            first.sku,
+            first.region,
+            first,
+            f"cheapest feasible: {_quote_text(first)}",
+        )
+    ]
+    for position, estimate in enumerate(ordered[1:], start=2):
+        extra = estimate.total_usd - first.total_usd
+        ranked.append(
+            Candidate(
+                estimate.provider,
+                estimate.sku,
+                estimate.region,
+                estimate,
+                f"#{position}: {_usd(extra)} more than #1",
+            )
+        )
+    return ranked
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _rejection(
+    row: PriceRow, reason: RejectionReason, detail: str, estimate: Quote | None = None
+) -> Rejection:
+    return Rejection(row.provider, row.sku, row.region, reason, detail, estimate)
+
+
+def _cost_key(estimate: Quote | None) -> tuple[Decimal, Decimal]:
+    if estimate is None:
+        return (Decimal("Infinity"), Decimal("Infinity"))
+    return (estimate.total_usd, estimate.training_usd_high)
+
+
+def _main_rejection(rejections: list[Rejection]) -> Rejection:
+    """The reason that speaks for a provider: the most frequent among its rows."""
+    counts = Counter(r.reason for r in rejections)
+    reason = counts.most_common(1)[0][0]
+    return next(r for r in rejections if r.reason == reason)
+
+
+def _comparison_row(
+    provider: str,
+    status: str,
+    estimate: Quote | None,
+    detail: str,
+    item: Candidate | Rejection,
+) -> dict[str, Any]:
+    return {
+        "provider": provider,
+        "status": status,
+        "machine": item.machine,
+        "region": item.region,
+        "training_usd_low": None if estimate is None else estimate.training_usd_low,
+        "training_usd_high": None if estimate is None else estimate.training_usd_high,
+        "serving_usd_per_month": (
+            None if estimate is None else estimate.serving_usd_per_month
+        ),
+        "total_usd": None if estimate is None else estimate.total_usd,
+        "is_local": False if estimate is None else estimate.is_local,
+        "user_supplied": False if estimate is None else estimate.user_supplied,
+        "detail": detail,
+        "quote": estimate,
+    }
+
+
+def _comparison_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A comparison row for JSON: decimals as strings, plus ``chosen`` and
+    ``training_usd`` (the high estimate, the figure held against the budget)."""
+    payload = {k: v for k, v in row.items() if k != "quote"}
+    for name in ("training_usd_low", "training_usd_high", "serving_usd_per_month"):
+        payload[name] = None if row[name] is None else str(row[name])
+    payload["total_usd"] = None if row["total_usd"] is None else str(row["total_usd"])
+    payload["training_usd"] = payload["training_usd_high"]
+    payload["chosen"] = row["status"] == "chosen"
+    return payload
+
+
+def _declared_limits(provider: str) -> Mapping[str, str]:
+    """The provider class's table of unsupported features, or none when the module
+    cannot be imported here (its own availability check then reports why)."""
+    from broker.providers import provider_class
+
+    try:
+        return provider_class(provider).unsupported
+    except Exception as exc:  # a provider module that fails to import limits nothing
+        logger.debug("no declared limits for %s: %s", provider, exc)
+        return {}
+
+
+def _local_rate(value: Decimal | None) -> Decimal:
+    if value is not None:
+        rate = Decimal(value)
+    else:
+        text = os.environ.get(LOCAL_RATE_ENV, "").strip()
+        if not text:
+            return DEFAULT_LOCAL_USD_PER_HOUR
+        try:
+            rate = Decimal(text)
+        except InvalidOperation:
+            raise ConfigurationError(
+                f"{LOCAL_RATE_ENV}={text!r} is not a price; write dollars per hour "
+                "such as 0.05"
+            ) from None
+    if rate.is_nan() or rate < 0:
+        raise ConfigurationError(
+            f"local rate {rate} must be zero or more dollars per hour"
+        )
+    return rate
+
+
+def _frozen(values: list[str] | None) -> frozenset[str] | None:
+    return None if values is None else frozenset(values)
+
+
+def _missing_label(row: PriceRow, *, serving: bool) -> str:
+    if serving:
+        return f"{row.provider} endpoints ({row.region})"
+    return f"{row.provider} {row.sku} ({row.region})"
+
+
+def _missing_detail(row: PriceRow) -> str:
+    if row.price is not None and row.price == 0:
+        return f"price of {row.sku} is 0.0, read as missing for a cloud SKU"
+    return f"no price for {row.sku} in {row.region}"
+
+
+def _where(candidate: Candidate) -> str:
+    return f"{candidate.provider} {candidate.machine} in {candidate.region}"
+
+
+def _quote_text(estimate: Quote) -> str:
+    text = (
+        f"training {_usd(estimate.training_usd_low)}-{_usd(estimate.training_usd_high)}"
+    )
+    if estimate.serving_usd_per_month is not None:
+        text += f" + serving {_usd(estimate.serving_usd_per_month)}/month"
+    if estimate.is_local:
+        text += " (local rate)"
+    return text
+
+
+def _usd(amount: Decimal) -> str:
+    """Dollars with at least two decimals and no trailing zeros beyond them."""
+    whole, _, fraction = f"{amount:f}".partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"

@@ -1,0 +1,605 @@
+"""Tests for broker.intake: reading, typing, target checks, safe names and the split.
+
+Cases C02, C03, C04, C05, C07, C08 and C11 from the shared case list, plus the adult
+benchmark table.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from broker.errors import (
+    ColumnNotFoundError,
+    ConfigurationError,
+    DataReadError,
+    DataWarning,
+    DuplicateColumnError,
+    EncodingError,
+    InputError,
+    NoUsableFeaturesError,
+    TargetMissingError,
+    TargetSingleClassError,
+)
+from broker.intake import (
+    load_dataset,
+    load_holdout,
+    make_safe_names,
+    read_table,
+    split_holdout,
+    to_safe_frame,
+)
+from broker.metrics import compute_metrics
+from broker.schema import ColumnKind
+from broker.spec import JobSpec, Task
+
+SAFE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _write(tmp_path: Path, text: str, name: str = "data.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _kinds(spec: JobSpec) -> dict[str, str]:
+    return {c.name: c.kind.value for c in load_dataset(spec).schema.columns}
+
+
+# --- C02: whitespace around header names ----------------------------------------------
+
+C02_ROWS = "1,34,north,yes\n2,51,south,no\n3,29,north,yes\n4,45,east,no\n"
+
+
+def test_read_table_c02_strips_header_whitespace_with_warning(tmp_path: Path) -> None:
+    path = _write(tmp_path, " id ,age , city,label \n" + C02_ROWS)
+
+    with pytest.warns(DataWarning) as caught:
+        frame, renamed = read_table(path)
+
+    assert list(frame.columns) == ["id", "age", "city", "label"]
+    assert renamed == {" id ": "id", "age ": "age", " city": "city", "label ": "label"}
+    message = str(caught[0].message)
+    assert "4 column name(s)" in message
+    assert "' id ' -> 'id'" in message and "'label ' -> 'label'" in message
+
+
+def test_load_dataset_c02_target_and_ignore_resolve(tmp_path: Path) -> None:
+    path = _write(tmp_path, " id ,age , city,label \n" + C02_ROWS)
+
+    with pytest.warns(DataWarning, match="stripped whitespace"):
+        dataset = load_dataset(JobSpec(data=path, target="label", ignore=["city"]))
+
+    schema = dataset.schema
+    assert schema.target == "label"
+    assert schema.renamed_columns[" city"] == "city"
+    assert schema.dropped == {
+        "id": "identifier (a distinct whole number per row)",
+        "city": "ignored (named in the ignore list)",
+    }
+    assert schema.feature_names == ["age"]
+
+
+def test_read_table_c02_duplicate_after_stripping(tmp_path: Path) -> None:
+    path = _write(tmp_path, "age,age ,label\n30,31,yes\n40,41,no\n")
+
+    with pytest.raises(
+        DuplicateColumnError, match=r"'age' at positions 1 and 2"
+    ) as info:
+        read_table(path)
+    assert info.value.duplicates == {"age": [1, 2]}
+
+
+def test_load_dataset_c02_not_found_quotes_names(tmp_path: Path) -> None:
+    path = _write(tmp_path, " id ,age , city,label \n" + C02_ROWS)
+
+    with (
+        pytest.warns(DataWarning),
+        pytest.raises(
+            ColumnNotFoundError,
+            match=r"'City' not found; the columns are 'id', 'age', 'city', 'label'\."
+            r" Did you mean 'city'\?",
+        ) as info,
+    ):
+        load_dataset(JobSpec(data=path, target="label", ignore=["City"]))
+    assert info.value.column == "City"
+
+
+def test_load_dataset_target_not_found(tmp_path: Path) -> None:
+    path = _write(tmp_path, "a,b,outcome\n1,2,x\n2,3,y\n")
+    with pytest.raises(ColumnNotFoundError, match=r"target column 'outcom' not found"):
+        load_dataset(JobSpec(data=path, target="outcom"))
+
+
+# --- C03: byte-order marks and encodings ----------------------------------------------
+
+C03_TEXT = (
+    "outcome,size,color\nyes,3,red\nno,5,blue\nyes,2,red\nno,7,green\n"
+    "yes,4,blue\nno,6,red\nyes,1,green\nno,8,blue\n"
+)
+
+
+def test_load_dataset_c03_utf8_bom(tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + C03_TEXT.encode("utf-8"))
+
+    dataset = load_dataset(JobSpec(data=path, target="outcome"))
+
+    assert list(dataset.frame.columns) == ["outcome", "size", "color"]
+    assert dataset.schema.task == Task.BINARY
+    assert dataset.schema.feature_names == ["size", "color"]
+    # size is a shuffled 1..8, a number, not a row index.
+    assert _kinds(JobSpec(data=path, target="outcome"))["size"] == "numeric"
+
+
+def test_read_table_c03_utf16_le_bom_same_names(tmp_path: Path) -> None:
+    utf8 = tmp_path / "utf8.csv"
+    utf8.write_text(C03_TEXT, encoding="utf-8")
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_bytes(b"\xff\xfe" + C03_TEXT.encode("utf-16-le"))
+
+    frame16, _ = read_table(utf16)
+    frame8, _ = read_table(utf8)
+
+    assert list(frame16.columns) == ["outcome", "size", "color"]
+    pd.testing.assert_frame_equal(frame16, frame8)
+
+
+def test_read_table_undecodable_bytes_name_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("Größe,label\n1,ja\n".encode("cp1252"))
+
+    with pytest.raises(EncodingError, match=r"not valid utf-8: byte\(s\) f6") as info:
+        read_table(path)
+    assert info.value.encoding == "utf-8"
+
+
+def test_read_table_utf16_without_bom_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "nobom.csv"
+    path.write_bytes(C03_TEXT.encode("utf-16-le"))
+
+    with pytest.raises(EncodingError, match="NUL bytes") as info:
+        read_table(path)
+    assert info.value.encoding == "utf-16 (no byte-order mark)"
+
+
+# --- C04: duplicate column names ------------------------------------------------------
+
+C04_ROWS = [
+    [1, 0.2, 0.9, "yes"],
+    [2, 0.4, 0.1, "no"],
+    [3, 0.6, 0.5, "yes"],
+    [4, 0.8, 0.3, "no"],
+    [5, 0.1, 0.7, "yes"],
+    [6, 0.9, 0.2, "no"],
+]
+
+
+def test_load_dataset_c04_duplicate_columns_in_dataframe() -> None:
+    frame = pd.DataFrame(C04_ROWS, columns=["id", "score", "score", "label"])
+
+    with pytest.raises(
+        DuplicateColumnError, match=r"'score' at positions 2 and 3"
+    ) as info:
+        load_dataset(JobSpec(data=frame, target="label"))
+    assert info.value.duplicates == {"score": [2, 3]}
+
+
+def test_load_dataset_c04_duplicate_columns_in_csv(tmp_path: Path) -> None:
+    body = "".join(",".join(str(v) for v in row) + "\n" for row in C04_ROWS)
+    path = _write(tmp_path, "id,score,score,label\n" + body)
+
+    with pytest.raises(
+        DuplicateColumnError, match=r"'score' at positions 2 and 3"
+    ) as info:
+        load_dataset(JobSpec(data=path, target="label"))
+    assert info.value.duplicates == {"score": [2, 3]}
+
+
+# --- C05: punctuation and non-ASCII names ---------------------------------------------
+
+C05_FEATURES = ["temp:max", "size[cm]", "a,b", "Größe", "a b", "a_b"]
+
+
+def _c05_file(tmp_path: Path) -> Path:
+    lines = ['temp:max,size[cm],"a,b",Größe,a b,a_b,label']
+    for i in range(12):
+        values = [(i + j) % 6 for j in range(6)]
+        lines.append(",".join(map(str, values)) + ("," + ("yes" if i % 2 else "no")))
+    return _write(tmp_path, "\n".join(lines) + "\n")
+
+
+def test_load_dataset_c05_distinct_safe_names(tmp_path: Path) -> None:
+    schema = load_dataset(JobSpec(data=_c05_file(tmp_path), target="label")).schema
+
+    assert schema.feature_names == C05_FEATURES
+    safe = schema.safe_feature_names
+    assert safe == ["temp_max", "size_cm", "a_b_2", "Grosse", "a_b_3", "a_b"]
+    assert all(SAFE.match(s) for s in safe)
+    assert len({s.lower() for s in safe}) == 6
+    # The mapping is one-to-one: every original name is recoverable.
+    assert [schema.to_original[s] for s in safe] == C05_FEATURES
+    assert all(c.kind == ColumnKind.NUMERIC for c in schema.features)
+
+
+def test_to_safe_frame_c05_accepts_original_names(tmp_path: Path) -> None:
+    dataset = load_dataset(JobSpec(data=_c05_file(tmp_path), target="label"))
+    schema = dataset.schema
+
+    training = to_safe_frame(dataset.frame, schema)
+    prediction = to_safe_frame(
+        dataset.frame[C05_FEATURES], schema, include_target=False
+    )
+
+    assert list(training.columns) == [*schema.safe_feature_names, "label"]
+    assert list(prediction.columns) == schema.safe_feature_names
+    assert training["a_b_2"].tolist() == dataset.frame["a,b"].astype(float).tolist()
+    assert training["a_b"].tolist() == dataset.frame["a_b"].astype(float).tolist()
+
+
+def test_make_safe_names_is_deterministic_and_case_distinct() -> None:
+    names = ["Age", "age", "1st", "", "温度", "x" * 80]
+    first = make_safe_names(names)
+    assert first == make_safe_names(names)
+    assert first[:5] == ["Age", "age_2", "c_1st", "column_4", "column_5"]
+    assert len(first[5]) == 64
+
+
+# --- C07: a single class --------------------------------------------------------------
+
+C07_TEXT = "f1,f2,label\n1,a,yes\n2,b,yes\n3,a,yes\n4,b,yes\n5,a,yes\n6,b,yes\n"
+
+
+@pytest.mark.parametrize("task", [Task.AUTO, Task.BINARY, Task.MULTICLASS])
+def test_load_dataset_c07_single_class(tmp_path: Path, task: Task) -> None:
+    path = _write(tmp_path, C07_TEXT)
+
+    with pytest.raises(
+        TargetSingleClassError, match=r"'label' holds a single class, 'yes'"
+    ) as info:
+        load_dataset(JobSpec(data=path, target="label", task=task))
+    assert (info.value.column, info.value.value) == ("label", "yes")
+
+
+def test_load_dataset_c07_single_class_after_missing_dropped(tmp_path: Path) -> None:
+    path = _write(tmp_path, C07_TEXT + "7,a,\n")
+
+    with (
+        pytest.warns(DataWarning, match=r"dropped 1 row\(s\).*data rows 7\)"),
+        pytest.raises(TargetSingleClassError, match="in all 6 labelled rows"),
+    ):
+        load_dataset(JobSpec(data=path, target="label"))
+
+
+def test_load_dataset_single_numeric_value_is_not_regression(tmp_path: Path) -> None:
+    path = _write(tmp_path, "x,y\n1,5\n2,5\n3,5\n")
+    with pytest.raises(TargetSingleClassError, match=r"single class, 5,") as info:
+        load_dataset(JobSpec(data=path, target="y"))
+    assert info.value.value == 5
+
+
+# --- C08: missing target labels -------------------------------------------------------
+
+
+def _c08_file(tmp_path: Path) -> Path:
+    lines = ["x1,x2,label"]
+    for row in range(1, 21):
+        label = "yes" if row % 2 else "no"
+        if row == 3:
+            label = ""
+        if row == 6:
+            label = "NA"
+        lines.append(f"{row % 5},{(row * 7) % 11 / 10},{label}")
+    return _write(tmp_path, "\n".join(lines) + "\n")
+
+
+def test_load_dataset_c08_drops_missing_labels(tmp_path: Path) -> None:
+    path = _c08_file(tmp_path)
+
+    with pytest.warns(
+        DataWarning, match=r"dropped 2 row\(s\).*'label' \(data rows 3, 6\)"
+    ):
+        dataset = load_dataset(JobSpec(data=path, target="label"))
+
+    schema = dataset.schema
+    assert dataset.n_rows == 18 and schema.n_rows == 18
+    assert schema.n_rows_dropped_missing_target == 2
+    assert schema.dropped_target_rows == (3, 6)
+    assert schema.class_counts == {"no": 9, "yes": 9}
+    assert schema.positive_class == "yes"
+
+
+def test_load_holdout_c08_three_labelled_rows(tmp_path: Path) -> None:
+    holdout = _write(
+        tmp_path, "x1,x2,label\n1,0.5,yes\n2,0.1,no\n3,0.3,\n4,0.9,yes\n", "hold.csv"
+    )
+    spec = JobSpec(data=_c08_file(tmp_path), target="label", holdout_data=holdout)
+    with pytest.warns(DataWarning):
+        schema = load_dataset(spec).schema
+
+    with pytest.warns(
+        DataWarning, match=r"dropped 1 row\(s\) of the holdout.*rows 3\)"
+    ):
+        held = load_holdout(spec, schema)
+
+    assert held is not None
+    assert held.n_rows == 3 and held.schema.n_rows == 3
+    assert held.schema.dropped_target_rows == (3,)
+    assert held.schema.class_counts == {"no": 1, "yes": 2}
+    # Scores are computed over the 3 labelled rows.
+    proba = np.array([[0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    report = compute_metrics(held.schema, held.y.tolist(), proba)
+    assert report.n == 3
+    assert report.values["accuracy"] == 1.0
+
+
+def test_load_dataset_c08_every_label_missing(tmp_path: Path) -> None:
+    path = _write(tmp_path, "x1,x2,label\n1,2,\n3,4,NA\n5,6,\n")
+    with pytest.raises(
+        TargetMissingError, match=r"every value of the target 'label'.*3 rows"
+    ):
+        load_dataset(JobSpec(data=path, target="label"))
+
+
+def test_load_holdout_unknown_label(tmp_path: Path) -> None:
+    spec = JobSpec(
+        data=_write(tmp_path, "x,label\n4,yes\n2,no\n3,yes\n"),
+        target="label",
+        holdout_data=_write(tmp_path, "x,label\n1,maybe\n", "hold.csv"),
+    )
+    schema = load_dataset(spec).schema
+    with pytest.raises(
+        InputError, match="holdout labels 'maybe' of 'label' are not among"
+    ):
+        load_holdout(spec, schema)
+
+
+# --- C11: constant, identifier-like and numbers-as-text columns -----------------------
+
+C11_ROWS = [
+    ("r001", "x", "0.12", "-1.50", 0),
+    ("r002", "x", "0.40", "2.25", 1),
+    ("r003", "x", "0.33", "0.75", 0),
+    ("r004", "x", "0.91", "-0.20", 1),
+    ("r005", "x", "0.05", "1.10", 0),
+    ("r006", "x", "0.77", "-0.65", 1),
+]
+
+
+def test_load_dataset_c11_drops_identifier_and_constant(tmp_path: Path) -> None:
+    lines = ["row_id,const,v1,v2,label"] + [
+        ",".join(f'"{v}"' for v in row[:4]) + f",{row[4]}" for row in C11_ROWS
+    ]
+    dataset = load_dataset(
+        JobSpec(
+            data=_write(tmp_path, "\n".join(lines)), target="label", task=Task.BINARY
+        )
+    )
+
+    schema = dataset.schema
+    assert schema.feature_names == ["v1", "v2"]
+    assert [c.kind for c in schema.features] == [ColumnKind.NUMERIC] * 2
+    assert schema.dropped == {
+        "row_id": "identifier (a distinct value in every row)",
+        "const": "constant (every present value is 'x')",
+    }
+    safe = to_safe_frame(dataset.frame, schema)
+    assert safe["v1"].dtype == np.float64
+    assert safe["v1"].tolist() == [0.12, 0.40, 0.33, 0.91, 0.05, 0.77]
+
+
+def test_load_dataset_c11_numbers_as_text_in_dataframe() -> None:
+    frame = pd.DataFrame(C11_ROWS, columns=["row_id", "const", "v1", "v2", "label"])
+    dataset = load_dataset(JobSpec(data=frame, target="label"))
+
+    assert _kinds(JobSpec(data=frame, target="label"))["v2"] == "numeric"
+    assert to_safe_frame(dataset.frame, dataset.schema)["v2"].tolist() == [
+        -1.5,
+        2.25,
+        0.75,
+        -0.2,
+        1.1,
+        -0.65,
+    ]
+
+
+def test_load_dataset_c11_no_usable_features(tmp_path: Path) -> None:
+    lines = ["row_id,const,label"] + [f'"{r[0]}","{r[1]}",{r[4]}' for r in C11_ROWS]
+    path = _write(tmp_path, "\n".join(lines))
+
+    with pytest.raises(
+        NoUsableFeaturesError, match=r"row_id: identifier.*; const: constant"
+    ) as info:
+        load_dataset(JobSpec(data=path, target="label"))
+    assert set(info.value.dropped) == {"row_id", "const"}
+
+
+# --- typing and task inference --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("labels", "task", "classes"),
+    [
+        ([0, 1, 0, 1, 1, 0], Task.BINARY, (0, 1)),
+        ([3, 5, 4, 3, 5, 4], Task.MULTICLASS, (3, 4, 5)),
+        (list(range(12)), Task.REGRESSION, ()),
+        ([0.5, 1.0, 1.5, 0.5, 1.0, 1.5], Task.REGRESSION, ()),
+        (["b", "a", "c", "a", "b", "c"], Task.MULTICLASS, ("a", "b", "c")),
+        ([True, False, True, False, True, True], Task.BINARY, (False, True)),
+    ],
+)
+def test_load_dataset_infers_task(
+    labels: list[object], task: Task, classes: tuple[object, ...]
+) -> None:
+    frame = pd.DataFrame({"x": [(i * 7) % 5 for i in range(len(labels))], "y": labels})
+    schema = load_dataset(JobSpec(data=frame, target="y")).schema
+    assert (schema.task, schema.classes) == (task, classes)
+
+
+def test_load_dataset_string_labels_refuse_regression() -> None:
+    frame = pd.DataFrame({"x": [1, 2, 1, 2], "y": ["lo", "hi", "lo", "hi"]})
+    with pytest.raises(ConfigurationError, match=r"task 'regression' needs numbers"):
+        load_dataset(JobSpec(data=frame, target="y", task=Task.REGRESSION))
+
+
+def test_load_dataset_binary_with_three_classes() -> None:
+    frame = pd.DataFrame({"x": [1, 2, 1], "y": ["a", "b", "c"]})
+    with pytest.raises(
+        ConfigurationError, match="exactly 2 classes, but the target 'y' has 3"
+    ):
+        load_dataset(JobSpec(data=frame, target="y", task=Task.BINARY))
+
+
+def test_load_dataset_metric_must_fit_task() -> None:
+    frame = pd.DataFrame({"x": [1, 2, 1, 3], "y": ["a", "b", "a", "b"]})
+    with pytest.raises(
+        ConfigurationError, match="metric 'rmse' is not defined for a binary"
+    ):
+        load_dataset(JobSpec(data=frame, target="y", metric="rmse"))
+
+
+@pytest.mark.parametrize(
+    ("labels", "positive"),
+    [
+        (["no", "yes", "yes", "yes"], "yes"),  # natural positive, though the majority
+        (["<=50K", ">50K", "<=50K", "<=50K"], ">50K"),
+        (["good", "bad", "good", "good"], "bad"),  # minority class
+        (["b", "a", "b", "a"], "b"),  # tie: the label that sorts last
+    ],
+)
+def test_load_dataset_positive_class(labels: list[str], positive: str) -> None:
+    frame = pd.DataFrame({"x": [4, 2, 5, 1], "y": labels})
+    assert (
+        load_dataset(JobSpec(data=frame, target="y")).schema.positive_class == positive
+    )
+
+
+def test_load_dataset_types_dates_and_categories() -> None:
+    frame = pd.DataFrame(
+        {
+            "when": ["2024-01-03", "2024-02-10", "2023-12-31", "2024-01-03"],
+            "colour": ["red", None, "red", "blue"],
+            "userId": [17, 4, 9, 12],
+            "y": [0, 1, 0, 1],
+        }
+    )
+    kinds = _kinds(JobSpec(data=frame, target="y"))
+    assert kinds == {
+        "when": "datetime",
+        "colour": "categorical",
+        "userId": "identifier",
+        "y": "target",
+    }
+
+
+# --- reading --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_read_table_sniffs_delimiter(tmp_path: Path, sep: str) -> None:
+    path = _write(
+        tmp_path,
+        sep.join(["a", "b c", "label"]) + "\n" + sep.join(["1,5", "x", "y"]) + "\n",
+    )
+    frame, _ = read_table(path)
+    assert list(frame.columns) == ["a", "b c", "label"]
+    assert frame.iloc[0].tolist() == ["1,5", "x", "y"]
+
+
+def test_read_table_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv.gz"
+    path.write_bytes(gzip.compress(C03_TEXT.encode("utf-8")))
+    frame, _ = read_table(path)
+    assert frame.shape == (8, 3)
+
+
+def test_read_table_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.csv"
+    with pytest.raises(
+        DataReadError, match=r"'.*nope\.csv' does not exist.*check the path"
+    ):
+        read_table(path)
+
+
+def test_read_table_ragged_row(tmp_path: Path) -> None:
+    path = _write(tmp_path, "a,b\n1,2\n3,4,5\n")
+    with pytest.raises(DataReadError, match="every row has 2 fields"):
+        read_table(path)
+
+
+# --- the held-out split ---------------------------------------------------------------
+
+
+def _balanced(n_per_class: int) -> JobSpec:
+    labels = ["a"] * n_per_class + ["b"] * n_per_class * 3
+    frame = pd.DataFrame({"x": [(i * 13) % 7 for i in range(len(labels))], "y": labels})
+    return JobSpec(data=frame, target="y")
+
+
+def test_split_holdout_stratified_and_deterministic() -> None:
+    dataset = load_dataset(_balanced(8))
+
+    split = split_holdout(dataset, 0.25, seed=3)
+
+    assert len(split.test_index) == 8 and len(split.train_index) == 24
+    assert split.stratified
+    assert sorted([*split.train_index, *split.test_index]) == list(range(32))
+    # 8 'a' and 24 'b': a quarter of each class is held out.
+    assert dataset.y.iloc[split.test_index].value_counts().to_dict() == {"b": 6, "a": 2}
+    assert np.array_equal(split.test_index, split_holdout(dataset, 0.25, 3).test_index)
+    assert not np.array_equal(
+        split.test_index, split_holdout(dataset, 0.25, 4).test_index
+    )
+
+
+def test_split_holdout_single_row_class_falls_back(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"x": [5, 2, 7, 1, 4, 6, 3], "y": list("aaabbbc")})
+    dataset = load_dataset(JobSpec(data=frame, target="y"))
+
+    with pytest.warns(DataWarning, match=r"class\(es\) 'c' of 'y' have a single row"):
+        split = split_holdout(dataset, 0.3, seed=0)
+    assert not split.stratified
+    assert len(split.test_index) == 3
+
+
+def test_split_holdout_too_few_rows_per_class() -> None:
+    frame = pd.DataFrame({"x": [5, 2, 6, 1, 4, 3], "y": list("aabbcc")})
+    dataset = load_dataset(JobSpec(data=frame, target="y"))
+
+    with pytest.raises(InputError, match=r"gives 2 scoring.*fewer than the 3 classes"):
+        split_holdout(dataset, 0.2, seed=0)
+
+
+# --- the adult benchmark table --------------------------------------------------------
+
+
+def test_load_dataset_adult_types_and_counts(shared_datasets: Path) -> None:
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        dataset = load_dataset(
+            JobSpec(data=shared_datasets / "adult.csv", target="class")
+        )
+    elapsed = time.perf_counter() - started
+
+    schema = dataset.schema
+    kinds = [c.kind for c in schema.features]
+    assert schema.n_rows == 48842
+    assert len(schema.features) == 14
+    assert kinds.count(ColumnKind.NUMERIC) == 6
+    assert kinds.count(ColumnKind.CATEGORICAL) == 8
+    assert schema.task == Task.BINARY
+    assert schema.class_counts == {"<=50K": 37155, ">50K": 11687}
+    assert schema.positive_class == ">50K"
+    assert schema.to_safe["education-num"] == "education_num"
+    assert elapsed < 2.0
+    dtypes = to_safe_frame(dataset.frame, schema).dtypes
+    assert (dtypes == np.float64).sum() == 6
+    assert [str(t) for t in dtypes].count("object") == 8 + 1  # categoricals, target

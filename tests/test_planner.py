@@ -1,0 +1,475 @@
+"""The cost optimizer: cases C16, C18 and C19, constraints, the comparison, speed."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.credentials import discover_all
+from broker.errors import (
+    ConfigurationError,
+    PlanningError,
+    PriceMissingWarning,
+    PriceUnavailableError,
+    RegionNotOfferedError,
+)
+from broker.planner import Plan, make_plan
+from broker.providers.base import Availability
+from broker.schema import Column, ColumnKind, Schema
+from broker.spec import JobSpec, Task
+from cost_models.catalog import Catalog, PriceRow, load_catalog, read_overrides
+
+ALL = ("vertex", "azure", "sagemaker", "h2o", "local")
+UP = Availability(True, "test: available", "test")
+
+
+def schema(n_rows: int = 1000, n_features: int = 9, task: Task = Task.BINARY) -> Schema:
+    columns = tuple(
+        Column(f"f{i}", f"f{i}", ColumnKind.NUMERIC) for i in range(n_features)
+    )
+    return Schema(
+        columns=columns, target="y", target_safe_name="y", task=task, n_rows=n_rows
+    )
+
+
+def spec(**fields: Any) -> JobSpec:
+    return JobSpec(data="table.csv", target="y", **fields)
+
+
+def available(*names: str) -> dict[str, Availability]:
+    down = Availability(False, "test: no credentials; set TEST_KEY")
+    return {name: (UP if name in names else down) for name in ALL}
+
+
+def plan_for(
+    catalog: Catalog, job: JobSpec, *, up: tuple[str, ...] = ALL, **kw: Any
+) -> Plan:
+    return make_plan(
+        job,
+        schema(),
+        catalog=catalog,
+        availability=available(*up),
+        unsupported={},
+        **kw,
+    )
+
+
+def row(
+    provider: str, sku: str, region: str, price: str | None, **cells: Any
+) -> PriceRow:
+    return PriceRow(
+        provider,
+        sku,
+        region,
+        price=None if price is None else Decimal(price),
+        memory_gib=cells.pop("memory_gib", 64),
+        **cells,
+    )
+
+
+LOCAL = row("local", "this-machine", "local", None, memory_gib=16)
+LOCAL_ENDPOINT = row("local", "this-machine", "local", None, component="endpoint")
+
+
+# --- C16: a price taken from the wrong region -----------------------------------------
+
+C16 = Catalog.from_rows(
+    [
+        row("sagemaker", "n-small", "r1", "0.18"),
+        row("sagemaker", "n-small", "r2", "0.22"),
+    ]
+)
+TWO_HOURS = {"max_runtime_s": 7200}
+
+
+def test_plan_c16_pinned_region_uses_its_own_price() -> None:
+    plan = plan_for(C16, spec(budget=TWO_HOURS, constraints={"regions": ["r2"]}))
+    assert plan.chosen is not None
+    assert (plan.chosen.region, plan.chosen.quote.training_usd_high) == (
+        "r2",
+        Decimal("0.44"),
+    )
+    assert [(r.region, r.reason) for r in plan.rejections] == [
+        ("r1", "region_not_allowed")
+    ]
+
+
+def test_plan_c16_no_pin_picks_cheaper_region() -> None:
+    plan = plan_for(C16, spec(budget=TWO_HOURS))
+    assert [(c.region, c.quote.training_usd_high) for c in plan.candidates] == [
+        ("r1", Decimal("0.36")),
+        ("r2", Decimal("0.44")),
+    ]
+    assert plan.candidates[1].rank_reason == "#2: $0.08 more than #1"
+
+
+def test_plan_c16_region_without_row_raises_never_borrows_price() -> None:
+    with pytest.raises(RegionNotOfferedError, match=r"region\(s\) \['r3'\]"):
+        plan_for(C16, spec(budget=TWO_HOURS, constraints={"regions": ["r3"]}))
+
+
+def test_plan_c16_named_machine_in_unpriced_region_lists_priced_regions() -> None:
+    job = spec(
+        budget=TWO_HOURS, constraints={"regions": ["r3"], "machines": ["n-small"]}
+    )
+    with pytest.raises(
+        RegionNotOfferedError, match=r"priced in \['r1', 'r2'\]"
+    ) as info:
+        plan_for(C16, job)
+    assert (info.value.sku, info.value.region) == ("n-small", "r3")
+
+
+# --- C18: missing or zero prices read as free -----------------------------------------
+
+C18 = Catalog.from_rows(
+    [
+        row("sagemaker", "X", "r1", "0.18"),
+        {"provider": "sagemaker", "sku": "Y", "region": "r1", "price": "NaN"},
+        row("sagemaker", "Z", "r1", "0.0"),
+    ]
+)
+
+
+def test_plan_c18_missing_and_zero_prices_left_out_with_warning() -> None:
+    with pytest.warns(
+        PriceMissingWarning, match=r"sagemaker Y \(r1\), sagemaker Z \(r1\)"
+    ):
+        plan = plan_for(C18, spec(budget=TWO_HOURS))
+
+    assert [c.machine for c in plan.candidates] == ["X"]
+    assert {(r.machine, r.reason) for r in plan.rejections} == {
+        ("Y", "price_missing"),
+        ("Z", "price_missing"),
+    }
+    # no paid cloud estimate is ever $0.00
+    assert all(r.quote is None for r in plan.rejections)
+    assert plan.candidates[0].quote.training_usd_high == Decimal("0.36")
+
+
+def test_plan_c18_forcing_unpriced_machine_raises_before_submission() -> None:
+    with pytest.raises(
+        PriceUnavailableError, match=r"machine 'Y' \(sagemaker\) has no usable price"
+    ):
+        plan_for(C18, spec(budget=TWO_HOURS, constraints={"machines": ["Y"]}))
+
+
+def test_plan_c18_forcing_unknown_machine_raises() -> None:
+    with pytest.raises(
+        PriceUnavailableError, match=r"machine 'W' has no price in the catalog"
+    ):
+        plan_for(C18, spec(constraints={"machines": ["W"]}))
+
+
+def test_plan_c18_user_price_override_is_used_and_marked(tmp_path: Path) -> None:
+    prices = tmp_path / "prices.csv"
+    prices.write_text("provider,sku,region,price\nsagemaker,Y,r1,0.25\n")
+    catalog = C18.with_overrides(read_overrides(prices))
+
+    plan = plan_for(catalog, spec(budget=TWO_HOURS, constraints={"machines": ["Y"]}))
+
+    assert plan.chosen is not None
+    chosen = plan.chosen.quote
+    assert (plan.chosen.machine, chosen.training_usd_high) == ("Y", Decimal("0.50"))
+    assert chosen.user_supplied
+    assert chosen.price_source.startswith("user-supplied (")
+    assert "Price is user-supplied" in plan.explanation()
+
+
+def test_plan_c18_local_is_labelled_local_and_priced_from_local_rate() -> None:
+    catalog = Catalog.from_rows([*C18.rows, LOCAL])
+    with pytest.warns(PriceMissingWarning):
+        plan = plan_for(
+            catalog, spec(budget=TWO_HOURS), local_rate_usd_per_hour=Decimal("0.25")
+        )
+
+    local = next(c for c in plan.candidates if c.provider == "local")
+    assert local.quote.is_local
+    assert local.quote.training_usd_high == Decimal("0.50")  # 2 h x $0.25 local rate
+    assert local.quote.price_source == "local rate"
+    # the local rate is dearer than X here, so the cloud machine ranks first
+    assert plan.chosen is not None and plan.chosen.machine == "X"
+
+
+# --- C19: a started hour billed as a full hour ----------------------------------------
+
+C19 = Catalog.from_rows(
+    [
+        row(
+            "azure",
+            "H",
+            "r1",
+            "1.00",
+            billing_increment_s=Decimal(3600),
+            minimum_charge_s=Decimal(0),
+        ),
+        row(
+            "sagemaker",
+            "S",
+            "r1",
+            "3.60",
+            billing_increment_s=Decimal(1),
+            minimum_charge_s=Decimal(60),
+        ),
+        LOCAL,
+    ]
+)
+
+
+def test_plan_c19_started_hour_rules_out_h_on_a_50_cent_budget() -> None:
+    job = spec(budget={"max_usd": Decimal("0.50"), "max_runtime_s": 1200})
+    plan = plan_for(C19, job)
+
+    rejected = {r.machine: r for r in plan.rejections}
+    assert rejected["H"].reason == "over_budget"
+    assert rejected["H"].quote is not None
+    # the estimate is a full started hour, $1.00, not 20/60 of it
+    assert rejected["H"].quote.training_usd_high == Decimal("1.00")
+    assert "training estimate $1.00" in rejected["H"].detail
+    assert rejected["S"].quote is not None
+    assert rejected["S"].quote.training_usd_high == Decimal("1.20")
+    assert plan.chosen is not None and plan.chosen.provider == "local"
+
+
+def test_plan_c19_without_any_feasible_candidate_raises_with_rejections() -> None:
+    catalog = Catalog.from_rows(C19.rows[:2])
+    job = spec(budget={"max_usd": Decimal("0.50"), "max_runtime_s": 1200})
+    with pytest.raises(PlanningError, match="no provider can run this job") as info:
+        plan_for(catalog, job)
+    assert sorted(r.reason for r in info.value.rejections) == ["over_budget"] * 2
+
+
+# --- constraints ----------------------------------------------------------------------
+
+
+def test_plan_memory_rejects_small_machines() -> None:
+    catalog = Catalog.from_rows(
+        [LOCAL, row("sagemaker", "big", "r1", "1.00", memory_gib=128)]
+    )
+    # 20 M rows x 50 columns x 8 B x 4 = 29.8 GiB + 0.5 GiB base
+    big = schema(n_rows=20_000_000, n_features=49)
+    plan = make_plan(
+        spec(), big, catalog=catalog, availability=available(*ALL), unsupported={}
+    )
+
+    assert plan.memory_needed_gib == 30.3
+    assert plan.chosen is not None and plan.chosen.machine == "big"
+    local = next(r for r in plan.rejections if r.provider == "local")
+    assert local.reason == "not_enough_memory"
+    assert local.detail == "needs about 30.3 GiB, this-machine has 16 GiB"
+
+
+def test_plan_min_memory_constraint_raises_the_need() -> None:
+    catalog = Catalog.from_rows([LOCAL, row("sagemaker", "big", "r1", "1.00")])
+    plan = plan_for(catalog, spec(constraints={"min_memory_gib": 32}))
+    assert plan.chosen is not None and plan.chosen.machine == "big"
+
+
+def test_plan_unavailable_keeps_quote_and_credential_reason() -> None:
+    catalog = Catalog.from_rows([*C16.rows, LOCAL])
+    plan = plan_for(catalog, spec(budget=TWO_HOURS), up=("local",))
+
+    assert plan.chosen is not None and plan.chosen.provider == "local"
+    sm = [r for r in plan.rejections if r.provider == "sagemaker"]
+    assert {r.reason for r in sm} == {"unavailable"}
+    assert sm[0].detail == "test: no credentials; set TEST_KEY"
+    assert sm[0].quote is not None and sm[0].quote.training_usd_high == Decimal("0.36")
+
+
+def test_plan_provider_and_machine_constraints_reject_as_not_allowed() -> None:
+    catalog = Catalog.from_rows([*C16.rows, row("azure", "vm", "r1", "0.10"), LOCAL])
+    plan = plan_for(catalog, spec(constraints={"providers": ["sagemaker", "azure"]}))
+
+    assert plan.chosen is not None and plan.chosen.provider == "azure"
+    local = next(r for r in plan.rejections if r.provider == "local")
+    assert (local.reason, local.detail) == (
+        "not_allowed",
+        "constraints.providers excludes local",
+    )
+
+
+def test_plan_gpu_constraint_keeps_only_gpu_machines() -> None:
+    catalog = Catalog.from_rows(
+        [row("azure", "cpu", "r1", "0.10"), row("azure", "gpu", "r1", "3.06", gpus=1)]
+    )
+    plan = plan_for(catalog, spec(constraints={"gpu": True}))
+    assert [c.machine for c in plan.candidates] == ["gpu"]
+    assert (
+        plan.rejections[0].detail == "constraints.gpu asks for a GPU and cpu has none"
+    )
+
+
+def test_plan_unsupported_task_rejects_with_declared_reason() -> None:
+    catalog = Catalog.from_rows([row("azure", "vm", "r1", "0.10"), LOCAL])
+    plan = make_plan(
+        spec(),
+        schema(task=Task.REGRESSION),
+        catalog=catalog,
+        availability=available(*ALL),
+        unsupported={"azure": {"regression": "not in this release"}},
+    )
+    azure = plan.rejections[0]
+    assert (azure.reason, azure.detail) == (
+        "unsupported_task",
+        "regression: not in this release",
+    )
+
+
+def test_plan_serving_cost_from_cheapest_endpoint() -> None:
+    catalog = Catalog.from_rows(
+        [
+            row("sagemaker", "ml.m5.large", "r1", "0.115"),
+            row("sagemaker", "ml.m5.large", "r1", "0.115", component="endpoint"),
+            row("sagemaker", "ml.t2.medium", "r1", "0.056", component="endpoint"),
+        ]
+    )
+    job = spec(deployment={"hours_per_month": 730, "instances": 2})
+    plan = plan_for(catalog, job)
+    assert plan.chosen is not None
+    assert plan.chosen.quote.serving_sku == "ml.t2.medium"
+    assert plan.chosen.quote.serving_usd_per_month == Decimal("81.76")
+
+
+def test_plan_missing_endpoint_price_rejects_when_serving_is_asked() -> None:
+    catalog = Catalog.from_rows(
+        [row("vertex", "automl", "r1", "21.252", component="automl_node_hour"), LOCAL]
+    )
+    with pytest.warns(PriceMissingWarning, match=r"vertex endpoints \(r1\)"):
+        plan = plan_for(catalog, spec(deployment={"hours_per_month": 10}))
+    vertex = plan.rejections[0]
+    assert vertex.reason == "price_missing"
+    assert vertex.quote is not None and vertex.quote.training_usd_high == Decimal(
+        "21.252"
+    )
+
+
+def test_plan_local_rate_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOML_BROKER_LOCAL_RATE", "0.30")
+    catalog = Catalog.from_rows([LOCAL, row("sagemaker", "m", "r1", "0.115")])
+    plan = plan_for(catalog, spec(budget={"max_runtime_s": 3600}))
+    assert plan.local_usd_per_hour == Decimal("0.30")
+    assert [c.provider for c in plan.candidates] == ["sagemaker", "local"]
+
+
+def test_plan_bad_local_rate_names_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOML_BROKER_LOCAL_RATE", "cheap")
+    with pytest.raises(ConfigurationError, match="AUTOML_BROKER_LOCAL_RATE='cheap'"):
+        plan_for(Catalog.from_rows([LOCAL]), spec())
+
+
+# --- the shipped catalog with no credentials ------------------------------------------
+
+
+def test_plan_no_credentials_compares_all_five_and_picks_local(tmp_path: Path) -> None:
+    catalog = load_catalog(today=date(2024, 7, 1), env={})
+    nothing_set = discover_all(
+        env={"PATH": ""}, home=tmp_path, installed=lambda module: True
+    )
+    job = spec(deployment={"hours_per_month": 730})
+    plan = make_plan(
+        job, schema(), catalog=catalog, availability=nothing_set, unsupported={}
+    )
+
+    assert plan.chosen is not None and plan.chosen.provider == "local"
+    table = {r["provider"]: r for r in plan.comparison()}
+    assert list(table) == list(ALL)
+    assert table["local"]["status"] == "chosen"
+    for cloud in ("vertex", "azure", "sagemaker", "h2o"):
+        assert table[cloud]["status"] == "unavailable"
+    # every cloud shows a real, non-zero estimate for training and serving
+    for cloud in ("vertex", "azure", "sagemaker"):
+        assert table[cloud]["training_usd_high"] > 0
+        assert table[cloud]["serving_usd_per_month"] > 0
+    # Vertex bills its one node-hour minimum: 10 minutes cost a full $21.252
+    assert table["vertex"]["training_usd_high"] == Decimal("21.252")
+    # SageMaker's cheapest: ml.m5.large, 600 s x $0.115/h; serving ml.t2.medium 730 h
+    assert table["sagemaker"]["training_usd_high"] == Decimal("0.019167")
+    assert table["sagemaker"]["serving_usd_per_month"] == Decimal("40.88")
+
+    text = plan.explanation()
+    assert text.startswith("Chose local this-machine in local")
+    assert (
+        "- vertex: skipped, unavailable: Vertex AI: no Google credentials found" in text
+    )
+    assert "- sagemaker: skipped, unavailable: SageMaker: no AWS credentials" in text
+
+
+def test_plan_to_dict_is_json_with_exact_decimal_strings() -> None:
+    plan = plan_for(C16, spec(budget=TWO_HOURS))
+    payload = json.loads(json.dumps(plan.to_dict()))
+    assert payload["chosen"]["quote"]["training_usd_high"] == "0.360000"
+    assert payload["candidates"][1]["region"] == "r2"
+    assert payload["explanation"].startswith("Chose sagemaker n-small in r1")
+    assert payload["comparison"] == [
+        {
+            "provider": "sagemaker",
+            "status": "chosen",
+            "chosen": True,
+            "machine": "n-small",
+            "region": "r1",
+            "training_usd_low": "0.090000",
+            "training_usd_high": "0.360000",
+            "training_usd": "0.360000",
+            "serving_usd_per_month": "0",
+            "total_usd": "0.360000",
+            "is_local": False,
+            "user_supplied": False,
+            "detail": "",
+        }
+    ]
+
+
+# --- speed ----------------------------------------------------------------------------
+
+
+def test_plan_ten_thousand_rows_is_fast() -> None:
+    rows = [
+        row("sagemaker", f"m{i}", f"r{i % 20}", f"0.{100 + i % 900}")
+        for i in range(9_980)
+    ]
+    rows += [
+        row("sagemaker", "ep", f"r{i}", "0.05", component="endpoint") for i in range(20)
+    ]
+    catalog = Catalog.from_rows(rows)
+    job = spec(deployment={"hours_per_month": 100})
+
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = plan_for(catalog, job)
+    elapsed = time.perf_counter() - started
+
+    assert len(plan.candidates) == 9_980
+    assert (
+        plan.chosen is not None
+        and plan.chosen.quote.training_usd_per_hour == Decimal("0.100")
+    )
+    # the target is 100 ms; the bound is loose so a busy machine does not fail it
+    assert elapsed < 1.0, f"planning 10,000 rows took {elapsed:.3f} s"
+
+
+def test_plan_h2o_cloud_vm_needs_a_cluster_url() -> None:
+    catalog = Catalog.from_rows([row("h2o", "ec2:m5.2xlarge", "us-east-1", "0.384")])
+    embedded = Availability(True, "H2O: embedded cluster", "java")
+    remote = Availability(True, "H2O: cluster URL", "AUTOML_BROKER_H2O_URL")
+
+    with pytest.raises(PlanningError) as info:
+        make_plan(
+            spec(),
+            schema(),
+            catalog=catalog,
+            availability={"h2o": embedded},
+            unsupported={},
+        )
+    assert "set AUTOML_BROKER_H2O_URL" in info.value.rejections[0].detail
+
+    plan = make_plan(
+        spec(), schema(), catalog=catalog, availability={"h2o": remote}, unsupported={}
+    )
+    assert plan.chosen is not None and plan.chosen.machine == "ec2:m5.2xlarge"

@@ -1,0 +1,87 @@
+from decimal import Decimal
+
+import pandas as pd
+import pytest
+
+from broker.config import load_config
+from broker.errors import ConfigurationError
+from broker.spec import JobSpec, Task, parse_spec
+
+
+def test_spec_defaults_and_metric_per_task():
+    spec = JobSpec(data="x.csv", target="label")
+    assert spec.task is Task.AUTO
+    assert spec.budget.max_runtime_s == 600
+    assert spec.budget.max_usd is None
+    assert spec.metric_for(Task.BINARY) == "roc_auc"
+    assert spec.metric_for(Task.MULTICLASS) == "log_loss"
+    assert spec.metric_for(Task.REGRESSION) == "rmse"
+
+
+def test_spec_budget_is_exact_decimal():
+    spec = parse_spec({"data": "x.csv", "target": "y", "budget": {"max_usd": "0.10"}})
+    assert spec.budget.max_usd == Decimal("0.10")
+    assert isinstance(spec.budget.max_usd, Decimal)
+
+
+def test_spec_unknown_provider_is_refused_with_choices():
+    with pytest.raises(ConfigurationError, match=r"unknown provider\(s\) \['gcp'\]"):
+        parse_spec(
+            {"data": "x.csv", "target": "y", "constraints": {"providers": ["gcp"]}}
+        )
+
+
+def test_spec_unknown_metric_lists_choices():
+    with pytest.raises(ConfigurationError, match="unknown metric 'auc_roc'.*roc_auc"):
+        parse_spec({"data": "x.csv", "target": "y", "metric": "auc_roc"})
+
+
+def test_spec_unknown_field_is_refused():
+    with pytest.raises(ConfigurationError, match="budgett"):
+        parse_spec({"data": "x.csv", "target": "y", "budgett": {}})
+
+
+def test_spec_dataframe_source_recorded_by_shape():
+    frame = pd.DataFrame({"a": [1, 2], "y": [0, 1]})
+    spec = JobSpec(data=frame, target="y")
+    assert spec.to_dict()["data"] == "<DataFrame (2, 2)>"
+
+
+def test_spec_from_yaml_resolves_data_next_to_file(tmp_path):
+    (tmp_path / "job.yaml").write_text(
+        "data: d.csv\ntarget: y\nbudget: {max_usd: 2.5, max_runtime_s: 60}\n"
+    )
+    spec = JobSpec.from_file(tmp_path / "job.yaml")
+    assert spec.data == (tmp_path / "d.csv").resolve()
+    assert spec.budget.max_usd == Decimal("2.5")
+    assert spec.budget.max_runtime_s == 60
+
+
+def test_spec_from_file_that_is_not_a_mapping(tmp_path):
+    (tmp_path / "job.yaml").write_text("- a\n- b\n")
+    with pytest.raises(
+        ConfigurationError, match="must hold a mapping of fields, got list"
+    ):
+        JobSpec.from_file(tmp_path / "job.yaml")
+
+
+def test_config_unknown_key_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("providerz: {}\n")
+    with pytest.raises(ConfigurationError, match=r"unknown keys \['providerz'\]"):
+        load_config(path)
+
+
+def test_config_reads_rate_as_decimal(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "local_rate_usd_per_hour: 0.05\nproviders: {h2o: {max_mem_gib: 2}}\n"
+    )
+    config = load_config(path)
+    assert config.local_rate_usd_per_hour == Decimal("0.05")
+    assert config.providers == {"h2o": {"max_mem_gib": 2}}
+
+
+def test_config_missing_explicit_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
