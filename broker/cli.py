@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -29,8 +31,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 DataArg = Annotated[
     Path | None, typer.Argument(help="CSV file (may be .csv.gz) to learn from.")
@@ -169,7 +171,11 @@ def print_plan(plan: Plan) -> None:
     table.add_column("status")
     for row in payload.get("comparison", []):
         status = row.get("status", "")
-        style = "bold green" if row.get("chosen") else ("" if status == "feasible" else "dim")
+        style = (
+            "bold green"
+            if row.get("chosen")
+            else ("" if status == "feasible" else "dim")
+        )
         table.add_row(
             str(row.get("provider")),
             str(row.get("machine") or "-"),
@@ -260,6 +266,27 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+@contextmanager
+def _shown_warnings() -> Iterator[None]:
+    """Show the broker's warnings as one short line each, once, instead of Python's
+    default format with a source line."""
+    import warnings
+
+    from broker.errors import BrokerWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BrokerWarning)
+        try:
+            yield
+        finally:
+            seen: set[str] = set()
+            for item in caught:
+                text = f"{item.category.__name__}: {item.message}"
+                if text not in seen:
+                    seen.add(text)
+                    err_console.print(f"[yellow]warning:[/] {text}", highlight=False)
+
+
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
@@ -310,8 +337,9 @@ def plan(
             seed=seed,
         )
         broker = _make_broker(load_config(config))
-        dataset = intake.load_dataset(job_spec)
-        the_plan = broker.plan_for(job_spec, dataset)
+        with _shown_warnings():
+            dataset = intake.load_dataset(job_spec)
+            the_plan = broker.plan_for(job_spec, dataset)
     except BrokerError as exc:
         _fail(exc)
         return
@@ -398,7 +426,8 @@ def run(
             seed=seed,
         )
         broker = _make_broker(load_config(config), on_event=on_event)
-        result = broker.run(job_spec, run_dir=out)
+        with _shown_warnings():
+            result = broker.run(job_spec, run_dir=out)
     except BrokerError as exc:
         progress.stop()
         _fail(exc)

@@ -57,7 +57,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOCAL_RATE_ENV = "AUTOML_BROKER_LOCAL_RATE"
-DEFAULT_LOCAL_USD_PER_HOUR = Decimal(0)
+# The default local rate: power plus amortisation of a typical workstation, so that the
+# local machine is never shown as free unless the user says so (AUTOML_BROKER_LOCAL_RATE=0).
+DEFAULT_POWER_KW = Decimal("0.15")  # a desktop under full load
+DEFAULT_USD_PER_KWH = Decimal("0.17")  # a typical electricity tariff
+DEFAULT_MACHINE_USD = Decimal("1500")  # purchase price of the machine
+DEFAULT_LIFETIME_HOURS = Decimal("8760")  # three years at eight busy hours a day
+DEFAULT_LOCAL_USD_PER_HOUR = (
+    DEFAULT_POWER_KW * DEFAULT_USD_PER_KWH
+    + DEFAULT_MACHINE_USD / DEFAULT_LIFETIME_HOURS
+).quantize(Decimal("0.0001"))
 
 RejectionReason = Literal[
     "over_budget",
@@ -168,7 +177,7 @@ class Plan:
             )
             if chosen.quote.is_local:
                 lines.append(
-                    f"  Local runs are priced at {_usd(self.local_usd_per_hour)}/h, "
+                    f"  Local runs are priced at ${self.local_usd_per_hour}/h, "
                     f"the local rate (power and amortisation; set {LOCAL_RATE_ENV})."
                 )
             if chosen.quote.user_supplied:
@@ -558,7 +567,9 @@ def _ranked(quotes: list[Quote]) -> list[Candidate]:
         quotes,
         key=lambda q: (
             _cost_key(q),
-            q.provider == "local",  # the local search is the last resort on a tie
+            # On a tie the user's own machine wins (data stays home), local search first.
+            not q.is_local,
+            q.provider != "local",
             _PROVIDER_ORDER.get(q.provider, 99),
             q.region,
             q.sku,

@@ -19,16 +19,18 @@ import logging
 import uuid
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.errors import (
     BrokerError,
-    BudgetExceededError,
     CredentialsExpiredError,
+    InputError,
+    JobConflictError,
     NoModelTrainedError,
     PendingTimeoutError,
     PlanningError,
@@ -81,6 +83,7 @@ class _Attempt:
     states: list[JobState] = field(default_factory=list)
     accrued_usd: Decimal = Decimal("0")
     charged_usd: Decimal | None = None  # what the provider billed, once known
+    cancel_sent: bool = False
 
 
 class Broker:
@@ -126,6 +129,7 @@ class Broker:
         self.catalog = catalog
         self.local_rate_usd_per_hour = local_rate_usd_per_hour
         self._on_event = on_event
+        self._cancel_requests: set[str] = set()
 
     # --- public API --------------------------------------------------------------------
 
@@ -170,10 +174,10 @@ class Broker:
                 continue
             try:
                 availability[name] = self.provider(name).availability()
-            except ProviderError as exc:
+            except (ProviderError, ImportError) as exc:
                 from broker.providers.base import Availability
 
-                availability[name] = Availability(False, str(exc))
+                availability[name] = Availability(False, f"cannot be loaded: {exc}")
         kwargs: dict[str, Any] = {"availability": availability}
         if self.catalog is not None:
             kwargs["catalog"] = self.catalog
@@ -206,14 +210,21 @@ class Broker:
             )
 
         key = idempotency_key or uuid.uuid4().hex[:16]
+        new_id = f"job-{uuid.uuid4().hex[:16]}"
+        folder = (Path(run_dir) if run_dir else Path("runs") / new_id).resolve()
         record = self.store.create_job(
             spec=spec.to_dict(),
             idempotency_key=key,
-            run_dir=str(run_dir) if run_dir else None,
+            run_dir=str(folder),
             name=spec.name,
+            job_id=new_id,
         )
         job_id = record.job_id
-        folder = Path(run_dir) if run_dir else Path("runs") / job_id
+        if job_id != new_id:
+            raise JobConflictError(
+                f"idempotency key {key!r} already belongs to job {job_id}; resume that "
+                f"job (`automl-broker resume {job_id}`) or use a new key"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         self.store.set_plan(job_id, plan.to_dict())
         self._write_inputs(folder, prepared)
@@ -226,8 +237,6 @@ class Broker:
         last_error: BrokerError | None = None
         spent_usd = Decimal("0")
         for number, candidate in enumerate(plan.candidates, start=1):
-            if self._budget_left_s(spec, started) <= 0 and number > 1:
-                break
             attempt = self._new_attempt(
                 prepared, candidate, job_id, key, number, folder
             )
@@ -271,6 +280,92 @@ class Broker:
             f"{type(last_error).__name__}: {last_error}",
             rejections=[f.model_dump(mode="json") for f in failovers],
         )
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask for a running job to be cancelled; the broker loop sends the one cancel.
+
+        Returns:
+            True when the cancel was newly asked for; False when the job has already
+            ended or a cancel is already on its way (a second cancel is a no-op).
+        """
+        record = self.store.get(job_id)
+        if record.state.terminal or job_id in self._cancel_requests:
+            logger.info(
+                "job %s: cancel is a no-op (state %s)", job_id, record.state.value
+            )
+            return False
+        # TODO(cross-process-cancel): a cancel reaches only a loop in this process; a
+        # loop in another process should see it through the store.
+        self._cancel_requests.add(job_id)
+        return True
+
+    def resume(self, job_id: str) -> JobResult:
+        """Reattach to a job whose provider job was left running (the broker stopped or
+        the credentials expired) and follow it to the end, without submitting again."""
+        from broker.intake import to_safe_frame
+
+        record = self.store.get(job_id)
+        open_attempts = [
+            a
+            for a in self.store.attempts(job_id)
+            if a.provider_ref and (not a.state.terminal)
+        ]
+        if not open_attempts:
+            raise InputError(
+                f"job {job_id} has no provider job to reattach to (state "
+                f"{record.state.value}); start a new run instead"
+            )
+        if not record.run_dir or not Path(record.run_dir).is_dir():
+            raise InputError(
+                f"job {job_id}'s run folder {record.run_dir!r} is gone; it holds the "
+                "held-out rows needed to score the model"
+            )
+        found = open_attempts[-1]
+        folder = Path(record.run_dir)
+        prepared = _prepared_from_folder(folder, record.spec)
+        candidate = _StoredCandidate(
+            provider=found.provider,
+            machine=found.machine,
+            region=found.region,
+            quote=SimpleNamespace(**found.quote),
+            rank_reason="resumed",
+        )
+        job = ProviderJob(
+            job_id=job_id,
+            idempotency_key=found.idempotency_key,
+            spec=prepared.spec,
+            schema=prepared.dataset.schema,
+            train=to_safe_frame(
+                prepared.dataset.frame.iloc[0:0], prepared.dataset.schema
+            ),
+            machine=found.machine,
+            region=found.region,
+            runtime_limit_s=float(prepared.spec.budget.max_runtime_s),
+            run_dir=folder,
+            max_usd=prepared.spec.budget.max_usd,
+        )
+        ref_data = dict(found.provider_ref or {})
+        attempt = _Attempt(
+            candidate=candidate,  # type: ignore[arg-type]
+            provider=self.provider(found.provider),
+            job=job,
+            attempt_id=found.attempt_id,
+            ref=ProviderJobRef(**ref_data),
+            states=[found.state],
+        )
+        logger.info(
+            "job %s: reattaching to %s job %s",
+            job_id,
+            found.provider,
+            attempt.ref.job_id if attempt.ref else "?",
+        )
+        started = self.clock.monotonic()
+        result = self._complete(attempt, prepared, started)
+        result.job_id = job_id
+        if result.state == JobState.DETACHED.value:
+            return result
+        self._finish(job_id, attempt, result, folder)
+        return result
 
     # --- one attempt -------------------------------------------------------------------
 
@@ -329,41 +424,44 @@ class Broker:
     def _run_attempt(
         self, attempt: _Attempt, prepared: Prepared, folder: Path, started: float
     ) -> JobResult:
-        job_id = attempt.job.job_id
         ref = self._submit(attempt)
         attempt.ref = ref
         self.store.set_provider_ref(attempt.attempt_id, _ref_dict(ref), ref.job_id)
         self._move(attempt, JobState.QUEUED)
+        return self._complete(attempt, prepared, started)
 
+    def _complete(
+        self, attempt: _Attempt, prepared: Prepared, started: float
+    ) -> JobResult:
+        """Follow a submitted attempt to its end and turn that end into a result."""
+        ref = _submitted(attempt)
         status = self.follow(attempt)
         if status.state == JobState.DETACHED:
-            return self._detached_result(attempt, prepared, status, started)
+            return self._unfinished_result(attempt, prepared, status, started)
+        if status.state == JobState.FAILED:
+            raise status.error or ProviderJobFailedError(
+                f"{attempt.candidate.provider} ended job {ref.job_id} as failed "
+                f"({status.message or status.secondary})",
+                provider=attempt.candidate.provider,
+                provider_job_id=ref.job_id,
+            )
         if status.state == JobState.STOPPED:
             warnings.warn(
-                f"{attempt.candidate.provider} stopped job {attempt.ref.job_id} itself "
-                f"({status.secondary or 'no reason given'}); using what it trained",
+                f"{attempt.candidate.provider} stopped job {ref.job_id} itself "
+                f"({status.secondary or 'no reason given'}); the run ends as stopped",
                 ProviderWarning,
                 stacklevel=2,
             )
-        elif status.state == JobState.CANCELLED:
-            raise BudgetExceededError(
-                f"job {job_id} was cancelled on {attempt.candidate.provider} to stay "
-                f"within max_usd={attempt.job.max_usd}",
-                max_usd=attempt.job.max_usd or Decimal("0"),
-                accrued_usd=attempt.accrued_usd,
-            )
-        elif status.state != JobState.SUCCEEDED:
-            raise status.error or ProviderJobFailedError(
-                f"{attempt.candidate.provider} ended job {attempt.ref.job_id} as "
-                f"{status.state.value} ({status.message or status.secondary})",
-                provider=attempt.candidate.provider,
-                provider_job_id=attempt.ref.job_id,
-            )
 
-        provider_result = self._call(
-            attempt,
-            lambda: attempt.provider.result(ref, attempt.job),
-        )
+        try:
+            provider_result = self._call(
+                attempt, lambda: attempt.provider.result(ref, attempt.job)
+            )
+        except (ProviderError, NoModelTrainedError) as exc:
+            if status.state == JobState.SUCCEEDED:
+                raise
+            # A cancelled or stopped job often has no model; the run still ends cleanly.
+            return self._unfinished_result(attempt, prepared, status, started, exc)
         return self._score(attempt, prepared, provider_result, status, started)
 
     def _submit(self, attempt: _Attempt) -> ProviderJobRef:
@@ -410,41 +508,61 @@ class Broker:
         self.clock.sleep(wait_s)
 
     def follow(self, attempt: _Attempt) -> ProviderStatus:
-        """Poll until the job ends; enforce the pending timeout and the dollar cap."""
-        assert attempt.ref is not None, "follow() needs a submitted job"
-        provider, ref = attempt.provider, attempt.ref
-        queued_since = self.clock.monotonic()
+        """Poll until the job ends; enforce the pending timeout, the dollar cap and a
+        cancel the user asked for."""
+        ref = _submitted(attempt)
+        provider, job_id = attempt.provider, attempt.job.job_id
+        queued_since = last_poll = self.clock.monotonic()
         running_since: float | None = None
         cancel_sent = False
         while True:
             status = self._poll(attempt)
+            now = self.clock.monotonic()
+            if cancel_sent and status.state == JobState.STOPPED:
+                # The provider's word for a stop we asked for.
+                status = replace(status, state=JobState.CANCELLED)
             self._move(attempt, status.state, status.secondary)
             self._emit("status", {"status": status, "provider": provider.name})
             if status.state.terminal or status.state == JobState.DETACHED:
                 return status
 
-            now = self.clock.monotonic()
-            if status.state == JobState.QUEUED:
-                if status.error is not None and isinstance(status.error, ProviderError):
-                    self._cancel_once(attempt, cancel_sent)
-                    self._settle_cancel(attempt)
-                    raise status.error
-                if now - queued_since >= self.pending_timeout_s:
-                    self._cancel_once(attempt, cancel_sent)
-                    self._settle_cancel(attempt)
-                    raise PendingTimeoutError(
-                        f"{provider.name} job {ref.job_id} stayed queued for "
-                        f"{now - queued_since:.0f} s (pending timeout "
-                        f"{self.pending_timeout_s:.0f} s); cancelled it",
-                        provider=provider.name,
-                        provider_job_id=ref.job_id,
-                    )
+            if not cancel_sent and job_id in self._cancel_requests:
+                logger.info(
+                    "job %s: cancelling %s job %s", job_id, provider.name, ref.job_id
+                )
+                self._cancel_once(attempt)
+                cancel_sent = True
+            if status.state == JobState.QUEUED and not cancel_sent:
+                self._check_queue(attempt, status, now - queued_since)
             elif status.state == JobState.RUNNING and running_since is None:
-                running_since = now
-
+                # Billing may have started any time since the last poll: count from it.
+                running_since = last_poll
             if running_since is not None and not cancel_sent:
                 cancel_sent = self._watch_budget(attempt, now - running_since)
+            last_poll = now
             self.clock.sleep(self.poll_interval_s)
+
+    def _check_queue(
+        self, attempt: _Attempt, status: ProviderStatus, queued_s: float
+    ) -> None:
+        """Give up on a queued job that reports a quota error or outstays its welcome."""
+        ref = _submitted(attempt)
+        error: ProviderError | None = None
+        if isinstance(status.error, ProviderError):
+            error = status.error
+        elif queued_s >= self.pending_timeout_s:
+            error = PendingTimeoutError(
+                f"{attempt.provider.name} job {ref.job_id} stayed queued for "
+                f"{queued_s:.0f} s (pending timeout {self.pending_timeout_s:.0f} s); "
+                "cancelled it",
+                provider=attempt.provider.name,
+                provider_job_id=ref.job_id,
+            )
+        if error is None:
+            return
+        self._cancel_once(attempt)
+        self._settle_cancel(attempt)
+        raise error
 
     def _poll(self, attempt: _Attempt) -> ProviderStatus:
         assert attempt.ref is not None
@@ -486,7 +604,9 @@ class Broker:
             return False
         attempt.accrued_usd = rate * Decimal(str(round(running_s, 3)))
         next_poll_usd = rate * Decimal(str(self.poll_interval_s))
-        if attempt.accrued_usd + next_poll_usd < cap:
+        # Cancel early enough that billing during the cancel still fits under the cap.
+        margin_usd = rate * Decimal(str(attempt.provider.cancel_latency_s))
+        if attempt.accrued_usd + next_poll_usd + margin_usd < cap:
             return False
         logger.warning(
             "%s: accrued $%s of max_usd $%s; cancelling job %s",
@@ -495,18 +615,21 @@ class Broker:
             cap,
             attempt.ref.job_id if attempt.ref else "?",
         )
-        self._cancel_once(attempt, False)
+        self._cancel_once(attempt)
         return True
 
-    def _cancel_once(self, attempt: _Attempt, already_sent: bool) -> None:
-        if already_sent or attempt.ref is None:
+    def _cancel_once(self, attempt: _Attempt) -> None:
+        if attempt.cancel_sent or attempt.ref is None:
             return
+        attempt.cancel_sent = True
+        ref = attempt.ref
         self._move(attempt, JobState.CANCELLING)
-        self._call(attempt, lambda: attempt.provider.cancel(attempt.ref))  # type: ignore[arg-type]
+        self._call(attempt, lambda: attempt.provider.cancel(ref))
 
     def _settle_cancel(self, attempt: _Attempt) -> None:
         """After a cancel of a stuck job, poll until the provider confirms it ended."""
         for _ in range(10):
+            self.clock.sleep(self.poll_interval_s)
             status = self._poll(attempt)
             if status.state.terminal:
                 final = (
@@ -516,7 +639,6 @@ class Broker:
                 )
                 self._move(attempt, final, status.secondary)
                 return
-            self.clock.sleep(self.poll_interval_s)
         logger.warning(
             "%s job %s did not confirm the cancel after 10 polls",
             attempt.provider.name,
@@ -587,19 +709,10 @@ class Broker:
         # The provider ranks its models by its own validation scores; the best comes first.
         leaderboard.sort(key=lambda e: e.model_id != best_id)
 
-        quote = attempt.candidate.quote
-        cost = CostSummary(
-            estimated_training_usd=getattr(quote, "training_usd_low", None),
-            estimated_training_high_usd=getattr(quote, "training_usd_high", None),
-            estimated_serving_usd_per_month=getattr(
-                quote, "serving_usd_per_month", None
-            ),
-            actual_usd=provider_result.actual_cost_usd,
-            billing_unit=getattr(quote, "billing_unit", None),
-            provider_units=dict(provider_result.provider_units),
-            price_source=getattr(quote, "price_source", None),
-            user_supplied_price=bool(getattr(quote, "user_supplied", False)),
-        )
+        actual = provider_result.actual_cost_usd
+        if actual is None:
+            actual = self._billed(attempt)
+        cost = self._cost_summary(attempt, actual, dict(provider_result.provider_units))
         notes = list(report.notes) + list(provider_result.notes)
         return JobResult(
             job_id=attempt.job.job_id,
@@ -621,33 +734,79 @@ class Broker:
             runtime_s=round(self.clock.monotonic() - started, 3),
         )
 
-    def _detached_result(
+    def _unfinished_result(
         self,
         attempt: _Attempt,
         prepared: Prepared,
         status: ProviderStatus,
         started: float,
+        error: BaseException | None = None,
     ) -> JobResult:
+        """The result of a run that ended without a model: detached, cancelled, stopped."""
         from broker.metrics import get_metric
 
+        ref = _submitted(attempt)
         schema = prepared.dataset.schema
         metric_name = prepared.spec.metric_for(schema.task)
-        error = status.error
-        payload = error.to_dict() if isinstance(error, ProviderError) else {}
-        payload["message"] = status.message or str(error)
-        payload["warning"] = "the remote job may still be running and billing"
+        error = error or status.error
+        payload: dict[str, Any] = (
+            error.to_dict() if isinstance(error, ProviderError) else {}
+        )
+        if error is not None and not payload:
+            payload = {"type": type(error).__name__, "message": str(error)}
+        payload.setdefault("message", status.message or status.state.value)
+        payload["provider_job_id"] = ref.job_id
+        if status.state == JobState.DETACHED:
+            payload["message"] = status.message or payload["message"]
+            payload["warning"] = (
+                f"the {attempt.provider.name} job {ref.job_id} may still be running "
+                "and billing; renew the credentials and resume the job"
+            )
+        billed = self._billed(attempt)
         return JobResult(
             job_id=attempt.job.job_id,
-            state=JobState.DETACHED.value,
+            state=status.state.value,
             provider=attempt.candidate.provider,
             machine=attempt.candidate.machine,
             region=attempt.candidate.region,
             task=schema.task,
             metric=metric_name,
             metric_direction=get_metric(metric_name).direction,
+            cost=self._cost_summary(attempt, billed, {}),
             run_dir=str(attempt.job.run_dir),
             runtime_s=round(self.clock.monotonic() - started, 3),
             error=payload,
+        )
+
+    def _billed(self, attempt: _Attempt) -> Decimal | None:
+        """What the attempt cost: the provider's own figure, else the budget watch's."""
+        if attempt.ref is not None:
+            try:
+                billed = attempt.provider.billed_usd(attempt.ref)
+            except ProviderError as exc:
+                logger.warning(
+                    "%s: cannot read the bill: %s", attempt.provider.name, exc
+                )
+                billed = None
+            if billed is not None:
+                return billed
+        return attempt.accrued_usd if attempt.accrued_usd else None
+
+    def _cost_summary(
+        self, attempt: _Attempt, actual: Decimal | None, units: dict[str, Any]
+    ) -> CostSummary:
+        quote = attempt.candidate.quote
+        return CostSummary(
+            estimated_training_usd=getattr(quote, "training_usd_low", None),
+            estimated_training_high_usd=getattr(quote, "training_usd_high", None),
+            estimated_serving_usd_per_month=getattr(
+                quote, "serving_usd_per_month", None
+            ),
+            actual_usd=actual,
+            billing_unit=getattr(quote, "billing_unit", None),
+            provider_units=units,
+            price_source=getattr(quote, "price_source", None),
+            user_supplied_price=bool(getattr(quote, "user_supplied", False)),
         )
 
     def _finish(
@@ -659,8 +818,12 @@ class Broker:
         final = JobState(result.state)
         attempt.charged_usd = result.cost.actual_usd
         self._move(attempt, final)
+        # The attempt may have ended during polling, before its cost was known.
+        self.store.finish_attempt(
+            attempt.attempt_id, state=final, cost_usd=result.cost.actual_usd
+        )
         self.store.set_result(job_id, result.model_dump(mode="json"))
-        self.store.transition(job_id, final, secondary=result.provider)
+        self.store.transition(job_id, final)
         self._emit("result", {"result": result})
 
     def _fail(self, job_id: str, attempt: _Attempt, exc: BrokerError) -> None:
@@ -733,6 +896,42 @@ class Broker:
     def _emit(self, kind: str, payload: dict[str, Any]) -> None:
         if self._on_event is not None:
             self._on_event(kind, payload)
+
+
+@dataclass(frozen=True)
+class _StoredCandidate:
+    """A candidate read back from the store, for a resumed job."""
+
+    provider: str
+    machine: str | None
+    region: str | None
+    quote: Any
+    rank_reason: str
+
+
+def _prepared_from_folder(folder: Path, spec_payload: dict[str, Any]) -> Prepared:
+    """What scoring needs, from a run folder: the schema and the held-out rows."""
+    import numpy as np
+
+    from broker.intake import Dataset, HoldoutSplit, _normalise_labels, read_table
+    from broker.schema import Schema
+    from broker.spec import parse_spec
+
+    schema = Schema.from_dict(json.loads((folder / "schema.json").read_text("utf-8")))
+    frame, _ = read_table(folder / HOLDOUT_FILE)
+    frame = frame[frame[schema.target].notna()].reset_index(drop=True)
+    frame[schema.target] = _normalise_labels(frame[schema.target], schema)
+    payload = {k: v for k, v in spec_payload.items() if k != "holdout_data"}
+    spec = parse_spec(payload)
+    dataset = Dataset(frame=frame, schema=schema, source=str(folder / HOLDOUT_FILE))
+    split = HoldoutSplit(
+        train_index=np.arange(0),
+        test_index=np.arange(len(frame)),
+        fraction=1.0,
+        seed=spec.seed,
+        stratified=False,
+    )
+    return Prepared(spec=spec, dataset=dataset, split=split, plan=None, holdout=dataset)  # type: ignore[arg-type]
 
 
 def _submitted(attempt: _Attempt) -> ProviderJobRef:

@@ -111,6 +111,9 @@ class Provider(abc.ABC):
     name: ClassVar[str]
     kind: ClassVar[Literal["cloud", "local"]] = "cloud"
     unsupported: ClassVar[dict[str, str]] = {}
+    # Seconds from a cancel call until the provider stops billing; the budget watch
+    # cancels this early so that the final cost stays within the cap.
+    cancel_latency_s: float = 60.0
 
     @abc.abstractmethod
     def availability(self) -> Availability:
@@ -143,6 +146,11 @@ class Provider(abc.ABC):
         Classification: an (n, k) array of probabilities in `job.schema.classes` order.
         Regression: an (n,) array of values.
         """
+
+    def billed_usd(self, ref: ProviderJobRef) -> Decimal | None:
+        """What the provider has billed for the job so far, when it can tell; used for
+        jobs that end without a result (cancelled, stopped)."""
+        return None
 
     def find_by_idempotency_key(self, key: str) -> ProviderJobRef | None:
         """The job created with `key`, if any: how a lost create reply is recovered."""

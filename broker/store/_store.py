@@ -172,6 +172,7 @@ class JobStore:
         run_dir: str | os.PathLike[str] | None,
         name: str | None = None,
         project: str | None = None,
+        job_id: str | None = None,
     ) -> JobRecord:
         """Record a new job in state ``pending``, or return the one with this key.
 
@@ -195,7 +196,7 @@ class JobStore:
         _require_text(idempotency_key, "idempotency_key")
         spec_json = dump_json(spec) or "{}"
         now = self._now()
-        job_id = f"job-{uuid.uuid4().hex[:16]}"
+        job_id = job_id or f"job-{uuid.uuid4().hex[:16]}"
 
         with self._write() as conn:
             inserted = conn.execute(
