@@ -16,6 +16,7 @@ from broker.testing._fake_server import (
     Fault,
     RecordedCall,
 )
+from broker.testing._jobs import SyntheticJob, synthetic_job, synthetic_table
 
 __all__ = [
     "FakeRequest",
@@ -27,15 +28,6 @@ __all__ = [
     "synthetic_job",
     "synthetic_table",
 ]
-
-
-def __getattr__(name: str) -> object:
-    if name in ("SyntheticJob", "synthetic_job", "synthetic_table"):
-        from broker.testing import _jobs
-
-        return getattr(_jobs, name)
-    raise AttributeError(f"module 'broker.testing' has no attribute {name!r}")
-
 
 # The SageMaker Autopilot driver (moto plus a job lifecycle) and the scripted provider;
 # both import moto, boto3 and scikit-learn only when used.

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from broker.clock import Clock, FakeClock
@@ -51,6 +51,7 @@ __all__ = [
     "Handler",
 ]
 
+_S = TypeVar("_S", bound="FakeServer")
 _REDACTED_HEADERS = frozenset({"authorization", "api-key", "x-goog-api-key", "cookie"})
 
 
@@ -236,7 +237,7 @@ class FakeServer:
         """``http://127.0.0.1:PORT``, without a trailing slash."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> FakeServer:
+    def start(self: _S) -> _S:
         if self._server is not None:
             return self
         self._server = ThreadingHTTPServer(
@@ -263,7 +264,7 @@ class FakeServer:
         self._server = None
         self._thread = None
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self: _S) -> _S:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
