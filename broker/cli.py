@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -73,6 +73,15 @@ ConfigOpt = Annotated[
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of the held-out split.")]
 VerboseOpt = Annotated[
     bool, typer.Option("--verbose", "-v", help="Log progress lines.")
+]
+FakesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fakes",
+        help="Run the clouds against local fakes on 127.0.0.1 with a fault each, e.g. "
+        "vertex=quota,azure=capacity,sagemaker=credentials (faults: ok, quota, capacity, "
+        "credentials, throttle, server, invalid). No account needed.",
+    ),
 ]
 
 
@@ -139,13 +148,18 @@ def _build_spec(
     return parse_spec(base)
 
 
-def _make_broker(config: BrokerConfig, on_event: Any = None) -> Broker:
+def _make_broker(
+    config: BrokerConfig,
+    on_event: Any = None,
+    providers: dict[str, Any] | None = None,
+) -> Broker:
     from broker.runner import Broker
     from broker.store import JobStore
 
     store = JobStore(config.store) if config.store else None
     return Broker(
         store=store,
+        providers=providers,
         provider_settings=config.providers,
         poll_interval_s=config.poll_interval_s,
         pending_timeout_s=config.pending_timeout_s,
@@ -370,6 +384,7 @@ def run(
         Path | None,
         typer.Option("--out", "-o", help="Run folder (default runs/JOB_ID)."),
     ] = None,
+    fakes: FakesOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Plan the job, run it on the best available provider, and report the results."""
@@ -425,8 +440,19 @@ def run(
             ignore=ignore,
             seed=seed,
         )
-        broker = _make_broker(load_config(config), on_event=on_event)
-        with _shown_warnings():
+        with ExitStack() as stack, _shown_warnings():
+            fake_providers = None
+            if fakes is not None:
+                from broker.testing.fleet import fake_fleet, parse_faults
+
+                fleet = stack.enter_context(fake_fleet(parse_faults(fakes)))
+                fake_providers = fleet.providers
+                err_console.print(
+                    "[cyan]fakes:[/] "
+                    + ", ".join(f"{k} ({v})" for k, v in fleet.faults.items())
+                    + " on 127.0.0.1"
+                )
+            broker = _make_broker(load_config(config), on_event, fake_providers)
             result = broker.run(job_spec, run_dir=out)
     except BrokerError as exc:
         progress.stop()

@@ -83,7 +83,10 @@ def train_tabular(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    features = numeric + categorical
+    # Keep the table's own column order: a headerless CSV (batch transform input) is
+    # read back by position.
+    wanted = set(numeric) | set(categorical)
+    features = [c for c in frame.columns if c in wanted]
     model = TrainedTabularModel(None, task, features, numeric, [], {}, algorithm)
     x = model.frame(frame[features].to_dict("records"))
     y_text = frame[target].astype(str)
