@@ -500,6 +500,15 @@ def predict(
         console.print(table)
 
 
+def _register_commands() -> None:
+    from broker.commands import money
+
+    money.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Entry point of the `automl-broker` command."""
     try:

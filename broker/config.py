@@ -24,6 +24,7 @@ KNOWN_KEYS = {
     "poll_interval_s",
     "pending_timeout_s",
     "prices",
+    "monthly_budget_usd",
 }
 
 
@@ -36,6 +37,20 @@ class BrokerConfig:
     pending_timeout_s: float = 600.0
     prices: Path | None = None
     source: Path | None = None
+    # Project name -> budget per calendar month; the key None is the budget of all
+    # jobs together (a plain number in the file).
+    monthly_budget_usd: dict[str | None, Decimal] = field(default_factory=dict)
+
+    def monthly_budget_for(
+        self, project: str | None
+    ) -> tuple[Decimal, str | None] | None:
+        """The month's budget that applies to `project`, and the project the ledger
+        is totalled by (None: every job together); None when no budget is set."""
+        if project is not None and project in self.monthly_budget_usd:
+            return self.monthly_budget_usd[project], project
+        if None in self.monthly_budget_usd:
+            return self.monthly_budget_usd[None], None
+        return None
 
 
 def default_config_path() -> Path:
@@ -89,7 +104,29 @@ def load_config(path: str | Path | None = None) -> BrokerConfig:
         config.store = (file.parent / str(raw["store"])).resolve()
     if raw.get("prices"):
         config.prices = (file.parent / str(raw["prices"])).resolve()
+    if raw.get("monthly_budget_usd") is not None:
+        config.monthly_budget_usd = _monthly_budgets(raw["monthly_budget_usd"])
     for key in ("poll_interval_s", "pending_timeout_s"):
         if key in raw:
             setattr(config, key, float(raw[key]))
     return config
+
+
+def _monthly_budgets(raw: Any) -> dict[str | None, Decimal]:
+    """``monthly_budget_usd: 200`` (all jobs) or ``{project: 50, ...}``; in a mapping
+    the key ``all`` is the budget of every job together."""
+    items = raw.items() if isinstance(raw, dict) else [("all", raw)]
+    budgets: dict[str | None, Decimal] = {}
+    for name, value in items:
+        try:
+            amount = Decimal(str(value))
+        except InvalidOperation:
+            amount = Decimal("NaN")
+        if not amount.is_finite() or amount < 0:
+            raise ConfigurationError(
+                f"monthly_budget_usd for {name!r} must be zero or more dollars, got "
+                f"{value!r}; write e.g. `monthly_budget_usd: 200` or "
+                "`monthly_budget_usd: {research: 50}`"
+            )
+        budgets[None if name == "all" else str(name)] = amount
+    return budgets

@@ -33,12 +33,13 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal
 
 from broker.credentials import H2O_URL_ENV
 from broker.errors import (
+    BudgetWarning,
     ConfigurationError,
     PlanningError,
     PriceMissingWarning,
@@ -47,12 +48,20 @@ from broker.errors import (
 )
 from broker.spec import PROVIDER_NAMES
 from cost_models.catalog import PRICES_ENV, Catalog, PriceRow, load_catalog
-from cost_models.estimate import Quote, estimate_memory_gib, hourly_price, quote
+from cost_models.estimate import (
+    Quote,
+    estimate_memory_gib,
+    hourly_price,
+    quote,
+    training_rule,
+)
+from cost_models.limits import MIN_USEFUL_RUNTIME_S, affordable_runtime_s
 
 if TYPE_CHECKING:
     from broker.providers.base import Availability
     from broker.schema import Schema
     from broker.spec import JobSpec
+    from broker.store import JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +79,7 @@ DEFAULT_LOCAL_USD_PER_HOUR = (
 
 RejectionReason = Literal[
     "over_budget",
+    "over_monthly_budget",
     "not_enough_memory",
     "unavailable",
     "region_not_allowed",
@@ -82,7 +92,12 @@ _PROVIDER_ORDER = {name: index for index, name in enumerate(PROVIDER_NAMES)}
 
 @dataclass(frozen=True)
 class Candidate:
-    """A feasible way to run the job, with its quote and why it sits where it does."""
+    """A feasible way to run the job, with its quote and why it sits where it does.
+
+    `runtime_s` is the runtime limit to give the provider: the job's runtime budget, or
+    less when ``budget.max_usd`` pays for less (then `budget_trimmed` is True and a
+    :class:`~broker.errors.BudgetWarning` was issued).
+    """
 
     provider: str
     machine: str
@@ -90,12 +105,23 @@ class Candidate:
     quote: Quote
     rank_reason: str = ""
 
+    @property
+    def runtime_s(self) -> int:
+        """Seconds the provider may run this candidate (trimmed to the dollar cap)."""
+        return self.quote.runtime_s
+
+    @property
+    def budget_trimmed(self) -> bool:
+        return self.quote.trimmed
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "provider": self.provider,
             "machine": self.machine,
             "region": self.region,
             "rank_reason": self.rank_reason,
+            "runtime_s": self.runtime_s,
+            "budget_trimmed": self.budget_trimmed,
             "quote": self.quote.to_dict(),
         }
 
@@ -239,6 +265,7 @@ def make_plan(
     availability: Mapping[str, Availability] | None = None,
     local_rate_usd_per_hour: Decimal | None = None,
     unsupported: Mapping[str, Mapping[str, str]] | None = None,
+    month_budget_left_usd: Decimal | None = None,
 ) -> Plan:
     """Quote every provider x machine x region and order the feasible ones by cost.
 
@@ -254,6 +281,9 @@ def make_plan(
             or $0/h when None.
         unsupported: per provider, feature -> why it is not supported; read from the
             provider classes when None.
+        month_budget_left_usd: what the month's budget still allows (see
+            :func:`monthly_budget_left`); candidates whose high estimate passes it are
+            rejected as ``over_monthly_budget``. None: no monthly budget.
 
     Returns:
         The plan, candidates cheapest first.
@@ -267,10 +297,16 @@ def make_plan(
 
     Warns:
         PriceMissingWarning: naming the SKUs left out for lack of a price.
+        BudgetWarning: naming the candidates whose runtime ``budget.max_usd`` trimmed.
     """
     catalog = load_catalog() if catalog is None else catalog
     context = _Context.build(
-        spec, schema, availability, local_rate_usd_per_hour, unsupported
+        spec,
+        schema,
+        availability,
+        local_rate_usd_per_hour,
+        unsupported,
+        month_budget_left_usd,
     )
     _check_forced(catalog, context)
 
@@ -298,6 +334,21 @@ def make_plan(
             stacklevel=2,
         )
 
+    trimmed = [q for q in feasible if q.trimmed]
+    if trimmed:
+        warnings.warn(
+            f"budget.max_usd {_usd(context.max_usd or Decimal(0))} does not pay for "
+            f"the whole runtime budget of {context.runtime_s} s on "
+            + ", ".join(
+                f"{q.provider} {q.sku} ({q.region}): trimmed to {q.runtime_s} s"
+                for q in trimmed[:5]
+            )
+            + (f" and {len(trimmed) - 5} more" if len(trimmed) > 5 else "")
+            + "; raise budget.max_usd to run them for the whole runtime",
+            BudgetWarning,
+            stacklevel=2,
+        )
+
     plan = Plan(
         candidates=_ranked(feasible),
         rejections=rejections,
@@ -321,6 +372,30 @@ def make_plan(
     return plan
 
 
+def monthly_budget_left(
+    store: JobStore,
+    budget_usd: Decimal,
+    *,
+    project: str | None = None,
+    period: str | None = None,
+) -> Decimal:
+    """What is left of a monthly budget after the month's actual spend in the ledger.
+
+    Args:
+        store: the job store whose spend ledger is totalled.
+        budget_usd: the month's budget (config key ``monthly_budget_usd``).
+        project: total only this project's jobs; None totals every job.
+        period: ``YYYY-MM``; the current month (UTC) when None.
+
+    Returns:
+        The budget minus the spend; negative when the month is already over budget.
+        Pass it to :func:`make_plan` as ``month_budget_left_usd``.
+    """
+    # TODO(month-running-jobs): jobs still running have only a quote in the ledger and
+    # are not counted until they finish; two jobs started together can pass the budget.
+    return budget_usd - store.spend(period, project)
+
+
 # --- the job's requirements -----------------------------------------------------------
 
 
@@ -339,6 +414,7 @@ class _Context:
     local_rate: Decimal
     availability: dict[str, Availability]
     unsupported: Mapping[str, Mapping[str, str]] | None
+    month_left_usd: Decimal | None = None
 
     @classmethod
     def build(
@@ -348,6 +424,7 @@ class _Context:
         availability: Mapping[str, Availability] | None,
         local_rate: Decimal | None,
         unsupported: Mapping[str, Mapping[str, str]] | None,
+        month_left_usd: Decimal | None = None,
     ) -> _Context:
         constraints = spec.constraints
         memory = estimate_memory_gib(schema.n_rows, len(schema.features) + 1)
@@ -367,6 +444,7 @@ class _Context:
             local_rate=_local_rate(local_rate),
             availability=dict(availability or {}),
             unsupported=unsupported,
+            month_left_usd=month_left_usd,
         )
 
     def allows_provider(self, provider: str) -> bool:
@@ -501,15 +579,63 @@ def _judge(
             estimate,
         )
     if context.max_usd is not None and estimate.training_usd_high > context.max_usd:
+        estimate = _trimmed(row, estimate, usd_per_hour, context)
+        if not estimate.trimmed:
+            return _rejection(
+                row,
+                "over_budget",
+                f"training estimate {_usd(estimate.training_usd_high)} "
+                f"({estimate.billing_unit}) exceeds budget.max_usd "
+                f"{_usd(context.max_usd)}, which pays for less than "
+                f"{min(MIN_USEFUL_RUNTIME_S, context.runtime_s)} s",
+                estimate,
+            )
+    left = context.month_left_usd
+    if left is not None and estimate.training_usd_high > left:
         return _rejection(
             row,
-            "over_budget",
-            f"training estimate {_usd(estimate.training_usd_high)} "
-            f"({estimate.billing_unit}) exceeds budget.max_usd "
-            f"{_usd(context.max_usd)}",
+            "over_monthly_budget",
+            f"training estimate {_usd(estimate.training_usd_high)} exceeds what is "
+            f"left of this month's budget, {_usd(max(left, Decimal(0)))} "
+            "(config key monthly_budget_usd)",
             estimate,
         )
     return estimate
+
+
+def _trimmed(
+    row: PriceRow, estimate: Quote, usd_per_hour: Decimal, context: _Context
+) -> Quote:
+    """The quote for the runtime that budget.max_usd pays for, when that is at least
+    a useful minimum; else `estimate` unchanged (the caller rejects it)."""
+    assert context.max_usd is not None, "only a dollar cap trims a runtime"
+    runtime = affordable_runtime_s(usd_per_hour, training_rule(row), context.max_usd)
+    if runtime is None or runtime < min(MIN_USEFUL_RUNTIME_S, context.runtime_s):
+        return estimate
+
+    trimmed = replace(estimate, requested_runtime_s=context.runtime_s)
+    shorter = quote(
+        row,
+        usd_per_hour=usd_per_hour,
+        runtime_s=runtime,
+        memory_needed_gib=context.memory_needed_gib,
+        hours_per_month=Decimal(0),
+    )
+    logger.debug(
+        "%s %s in %s: runtime trimmed from %d s to %d s by max_usd %s",
+        row.provider,
+        row.sku,
+        row.region,
+        context.runtime_s,
+        runtime,
+        context.max_usd,
+    )
+    return replace(
+        trimmed,
+        runtime_s=runtime,
+        training_usd_low=shorter.training_usd_low,
+        training_usd_high=shorter.training_usd_high,
+    )
 
 
 def _constraint_refusal(
@@ -566,6 +692,8 @@ def _ranked(quotes: list[Quote]) -> list[Candidate]:
     ordered = sorted(
         quotes,
         key=lambda q: (
+            # A run cut short by the dollar cap ranks after every full-length run.
+            q.trimmed,
             _cost_key(q),
             # On a tie the user's own machine wins (data stays home), local search first.
             not q.is_local,
@@ -585,7 +713,7 @@ def _ranked(quotes: list[Quote]) -> list[Candidate]:
             first.sku,
             first.region,
             first,
-            f"cheapest feasible: {_quote_text(first)}",
+            f"cheapest feasible: {_quote_text(first)}" + _trim_text(first),
         )
     ]
     for position, estimate in enumerate(ordered[1:], start=2):
@@ -596,7 +724,7 @@ def _ranked(quotes: list[Quote]) -> list[Candidate]:
                 estimate.sku,
                 estimate.region,
                 estimate,
-                f"#{position}: {_usd(extra)} more than #1",
+                f"#{position}: {_usd(extra)} more than #1" + _trim_text(estimate),
             )
         )
     return ranked
@@ -708,6 +836,15 @@ def _missing_detail(row: PriceRow) -> str:
     if row.price is not None and row.price == 0:
         return f"price of {row.sku} is 0.0, read as missing for a cloud SKU"
     return f"no price for {row.sku} in {row.region}"
+
+
+def _trim_text(estimate: Quote) -> str:
+    if not estimate.trimmed:
+        return ""
+    return (
+        f"; runtime trimmed to {estimate.runtime_s} s of "
+        f"{estimate.requested_runtime_s} s by budget.max_usd"
+    )
 
 
 def _where(candidate: Candidate) -> str:

@@ -95,6 +95,11 @@ class JobSpec(BaseModel):
     metric: str | None = None
     ignore: list[str] = Field(default_factory=list)
     name: str | None = None
+    project: str | None = Field(
+        default=None,
+        description="a label the spend ledger totals by; config monthly_budget_usd "
+        "may give each project its own monthly budget",
+    )
     holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9)
     seed: int = 0
     delimiter: str | None = None

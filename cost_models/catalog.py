@@ -35,10 +35,12 @@ from cost_models.billing import SECONDS_PER_HOUR, BillingRule, rule_for
 
 logger = logging.getLogger(__name__)
 
-# TODO(price-refresh): the shipped figures are list prices as published around their
-# `retrieved` date and are not fetched again; users refresh them with a price file.
+# The shipped figures are list prices as published around their `retrieved` date;
+# `automl-broker pricing refresh` (cost_models.refresh) fetches current ones into
+# user_catalog_dir(), which load_catalog() then prefers file by file.
 CATALOG_DIR = Path(__file__).resolve().parent / "catalogs"
 PRICES_ENV = "AUTOML_BROKER_PRICES"
+HOME_ENV = "AUTOML_BROKER_HOME"
 MAX_AGE_ENV = "AUTOML_BROKER_PRICE_MAX_AGE_DAYS"
 DEFAULT_MAX_AGE_DAYS = 180
 LOCAL_REGION = "local"
@@ -229,7 +231,8 @@ def load_catalog(
     """Read the shipped catalogs (or `paths`) and apply the user's override file.
 
     Args:
-        paths: CSV files to read; the shipped ``catalogs/*.csv`` when None.
+        paths: CSV files to read; when None, the shipped ``catalogs/*.csv``, each
+            replaced by its refreshed copy in :func:`user_catalog_dir` if there is one.
         override: a CSV or YAML file of user prices; ``AUTOML_BROKER_PRICES`` when None.
         max_age_days: warn about files older than this;
             ``AUTOML_BROKER_PRICE_MAX_AGE_DAYS`` or 180 when None.
@@ -247,7 +250,7 @@ def load_catalog(
         StalePriceWarning: for each file whose oldest row is older than `max_age_days`.
     """
     env = os.environ if env is None else env
-    files = sorted(CATALOG_DIR.glob("*.csv")) if paths is None else list(paths)
+    files = default_catalog_files(env) if paths is None else list(paths)
     max_age = _max_age(max_age_days, env)
     today = today or date.today()
 
@@ -272,6 +275,17 @@ def load_catalog(
     return catalog
 
 
+def default_catalog_files(env: Mapping[str, str] | None = None) -> list[Path]:
+    """The shipped catalog files, each replaced by its refreshed copy when the user ran
+    ``automl-broker pricing refresh`` into :func:`user_catalog_dir`."""
+    refreshed = user_catalog_dir(env)
+    files = []
+    for shipped in sorted(CATALOG_DIR.glob("*.csv")):
+        copy = refreshed / shipped.name
+        files.append(copy if copy.is_file() else shipped)
+    return files
+
+
 def read_csv(path: str | Path, *, user_supplied: bool = False) -> list[PriceRow]:
     """Parse one catalog CSV file into rows."""
     path = Path(path)
@@ -286,6 +300,62 @@ def read_csv(path: str | Path, *, user_supplied: bool = False) -> list[PriceRow]
         parse_row(record, origin=f"{path}:{line}", user_supplied=user_supplied)
         for line, record in enumerate(records, start=2)
     ]
+
+
+def write_csv(path: str | Path, rows: Iterable[PriceRow]) -> None:
+    """Write `rows` as a catalog CSV file with the columns of :data:`COLUMNS`.
+
+    The file is written next to its final name and moved into place, so a reader never
+    sees half a catalog.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow(row_cells(row))
+    partial.replace(path)
+
+
+def row_cells(row: PriceRow) -> list[str]:
+    """The CSV cells of one row, in the order of :data:`COLUMNS`."""
+    return [
+        row.provider,
+        row.sku,
+        row.region,
+        row.component,
+        row.unit,
+        _cell(row.price),
+        row.currency,
+        _cell(row.billing_increment_s),
+        _cell(row.minimum_charge_s),
+        _cell(row.spot_price),
+        "" if row.memory_gib is None else f"{row.memory_gib:g}",
+        "" if row.vcpus is None else str(row.vcpus),
+        str(row.gpus),
+        row.source,
+        "" if row.retrieved is None else row.retrieved.isoformat(),
+        row.note,
+    ]
+
+
+def user_catalog_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where ``automl-broker pricing refresh`` writes refreshed catalogs by default.
+
+    ``$AUTOML_BROKER_HOME/catalogs`` when that variable is set, else
+    ``<user data dir>/automl-broker/catalogs``; never the installed package folder.
+    """
+    env = os.environ if env is None else env
+    home = env.get(HOME_ENV, "").strip()
+    if home:
+        return Path(home).expanduser() / "catalogs"
+    import platformdirs
+
+    return (
+        Path(platformdirs.user_data_dir("automl-broker", appauthor=False)) / "catalogs"
+    )
 
 
 def read_overrides(path: str | Path) -> list[PriceRow]:
@@ -461,6 +531,10 @@ def _max_age(max_age_days: int | None, env: Mapping[str, str]) -> int:
         raise ConfigurationError(
             f"{MAX_AGE_ENV}={text!r} is not a whole number of days; set it to e.g. 180"
         ) from None
+
+
+def _cell(value: Decimal | None) -> str:
+    return "" if value is None else f"{value:f}"
 
 
 def _blank(value: Any) -> bool:

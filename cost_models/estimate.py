@@ -26,7 +26,10 @@ from cost_models.catalog import PriceRow
 
 EARLY_STOP_FRACTION = Decimal("0.25")
 # TODO(egress-storage-cost): storage and egress rows are in the catalogs but not in
-# quotes; a large table uploaded to S3 or GCS costs more than the estimate shows.
+# quotes; a large table uploaded to S3 or GCS costs more than the estimate shows. The
+# plan: an optional JobSpec.data_location {provider, region}; when a candidate runs
+# elsewhere, add table GiB x the egress row of that provider and region to both ends of
+# the training range (Azure and Vertex catalogs have no egress rows yet).
 # TODO(parallel-trials-cost): one machine x the runtime budget; SageMaker Autopilot and
 # Azure AutoML may run several trial machines at once, so their high estimate is low.
 # TODO(vertex-node-hours): Vertex node hours are taken as wall-clock hours of one node.
@@ -64,6 +67,17 @@ class Quote:
     serving_sku: str | None = None
     serving_usd_per_hour: Decimal | None = None
     runtime_s: int = 0
+    billing_rule: BillingRule | None = None
+    # The runtime budget asked for, when max_usd paid for less and runtime_s was trimmed.
+    requested_runtime_s: int | None = None
+
+    @property
+    def trimmed(self) -> bool:
+        """True when the dollar cap cut the runtime below the runtime budget."""
+        return (
+            self.requested_runtime_s is not None
+            and self.runtime_s < self.requested_runtime_s
+        )
 
     @property
     def total_usd(self) -> Decimal:
@@ -103,6 +117,15 @@ class Quote:
             "serving_sku": self.serving_sku,
             "serving_usd_per_hour": _text(self.serving_usd_per_hour),
             "runtime_s": self.runtime_s,
+            "requested_runtime_s": self.requested_runtime_s,
+            "billing_increment_s": (
+                None
+                if self.billing_rule is None
+                else str(self.billing_rule.increment_s)
+            ),
+            "minimum_charge_s": (
+                None if self.billing_rule is None else str(self.billing_rule.minimum_s)
+            ),
         }
 
 
@@ -190,7 +213,13 @@ def quote(
         serving_sku=None if serving is None else serving.sku,
         serving_usd_per_hour=serving_per_hour,
         runtime_s=runtime_s,
+        billing_rule=rule,
     )
+
+
+def training_rule(row: PriceRow) -> BillingRule:
+    """The billing rule a training row is charged by (cached per provider and cells)."""
+    return _rule_of(row)
 
 
 def hourly_price(row: PriceRow, local_usd_per_hour: Decimal) -> Decimal | None:

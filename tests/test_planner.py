@@ -14,6 +14,7 @@ import pytest
 
 from broker.credentials import discover_all
 from broker.errors import (
+    BudgetWarning,
     ConfigurationError,
     PlanningError,
     PriceMissingWarning,
@@ -224,7 +225,8 @@ C19 = Catalog.from_rows(
 
 def test_plan_c19_started_hour_rules_out_h_on_a_50_cent_budget() -> None:
     job = spec(budget={"max_usd": Decimal("0.50"), "max_runtime_s": 1200})
-    plan = plan_for(C19, job)
+    with pytest.warns(BudgetWarning, match=r"sagemaker S \(r1\): trimmed to 500 s"):
+        plan = plan_for(C19, job)
 
     rejected = {r.machine: r for r in plan.rejections}
     assert rejected["H"].reason == "over_budget"
@@ -232,17 +234,108 @@ def test_plan_c19_started_hour_rules_out_h_on_a_50_cent_budget() -> None:
     # the estimate is a full started hour, $1.00, not 20/60 of it
     assert rejected["H"].quote.training_usd_high == Decimal("1.00")
     assert "training estimate $1.00" in rejected["H"].detail
-    assert rejected["S"].quote is not None
-    assert rejected["S"].quote.training_usd_high == Decimal("1.20")
-    assert plan.chosen is not None and plan.chosen.provider == "local"
+    # S bills per second: $0.50 pays for 500 s of the 1200 s, so S stays, trimmed
+    assert "S" not in rejected
+    [s_candidate] = [c for c in plan.candidates if c.machine == "S"]
+    assert s_candidate.runtime_s == 500
+    assert s_candidate.budget_trimmed is True
+    assert s_candidate.quote.requested_runtime_s == 1200
+    assert s_candidate.quote.training_usd_high == Decimal("0.500000")
+    assert "runtime trimmed to 500 s of 1200 s" in s_candidate.rank_reason
+    # the full-length local run ranks before the trimmed cloud run
+    assert [c.machine for c in plan.candidates] == ["this-machine", "S"]
+    assert plan.chosen is not None and plan.chosen.runtime_s == 1200
 
 
-def test_plan_c19_without_any_feasible_candidate_raises_with_rejections() -> None:
+def test_plan_c19_without_local_keeps_only_the_trimmed_per_second_candidate() -> None:
     catalog = Catalog.from_rows(C19.rows[:2])
     job = spec(budget={"max_usd": Decimal("0.50"), "max_runtime_s": 1200})
+    with pytest.warns(BudgetWarning, match="trimmed to 500 s"):
+        plan = plan_for(catalog, job)
+
+    assert plan.chosen is not None
+    assert (plan.chosen.machine, plan.chosen.runtime_s) == ("S", 500)
+    assert [(r.machine, r.reason) for r in plan.rejections] == [("H", "over_budget")]
+    assert plan.to_dict()["chosen"]["runtime_s"] == 500
+
+
+def test_plan_c19_budget_below_a_useful_minimum_raises_with_rejections() -> None:
+    catalog = Catalog.from_rows(C19.rows[:2])
+    # $0.20 pays for 200 s of S: under the 300 s useful minimum, so S is rejected too
+    job = spec(budget={"max_usd": Decimal("0.20"), "max_runtime_s": 1200})
     with pytest.raises(PlanningError, match="no provider can run this job") as info:
         plan_for(catalog, job)
     assert sorted(r.reason for r in info.value.rejections) == ["over_budget"] * 2
+    detail = {r.machine: r.detail for r in info.value.rejections}
+    assert "pays for less than 300 s" in detail["S"]
+
+
+def test_plan_short_runtime_budget_is_never_trimmed_below_itself() -> None:
+    catalog = Catalog.from_rows(C19.rows[1:2])
+    # a 100 s job at $3.60/h costs $0.10 (60 s minimum does not bite): fits $0.50
+    job = spec(budget={"max_usd": Decimal("0.50"), "max_runtime_s": 100})
+    plan = plan_for(catalog, job)
+    assert plan.chosen is not None
+    assert (plan.chosen.runtime_s, plan.chosen.budget_trimmed) == (100, False)
+    assert plan.chosen.quote.training_usd_high == Decimal("0.100000")
+
+
+# --- monthly budget -------------------------------------------------------------------
+
+
+def test_plan_monthly_budget_rejects_candidates_over_what_is_left() -> None:
+    catalog = Catalog.from_rows(
+        [
+            row("sagemaker", "cheap", "r1", "0.36"),
+            row("azure", "dear", "r1", "3.60"),
+        ]
+    )
+    job = spec(budget={"max_runtime_s": 1200})
+    # cheap: 1200 s x $0.36/h = $0.12; dear: $1.20; $0.50 left this month
+    plan = plan_for(catalog, job, month_budget_left_usd=Decimal("0.50"))
+
+    assert [c.machine for c in plan.candidates] == ["cheap"]
+    [dear] = plan.rejections
+    assert dear.reason == "over_monthly_budget"
+    assert "exceeds what is left of this month's budget, $0.50" in dear.detail
+
+
+def test_plan_monthly_budget_spent_leaves_no_candidate() -> None:
+    catalog = Catalog.from_rows([row("sagemaker", "cheap", "r1", "0.36")])
+    with pytest.raises(PlanningError, match="over_monthly_budget"):
+        plan_for(catalog, spec(), month_budget_left_usd=Decimal("-1.00"))
+
+
+def test_monthly_budget_left_subtracts_the_months_actual_spend(tmp_path: Path) -> None:
+    from broker.clock import FakeClock
+    from broker.planner import monthly_budget_left
+    from broker.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.db", clock=FakeClock())
+    for project, usd in (("research", "1.25"), ("research", "0.50"), ("ops", "9")):
+        job = store.create_job(
+            spec={"n": usd, "p": project},
+            idempotency_key=f"{project}-{usd}",
+            run_dir=None,
+            project=project,
+        )
+        attempt = store.start_attempt(
+            job.job_id,
+            provider="local",
+            machine=None,
+            region=None,
+            quote={},
+            idempotency_key=f"{project}-{usd}-1",
+        )
+        store.finish_attempt(
+            attempt.attempt_id, state="succeeded", cost_usd=Decimal(usd)
+        )
+
+    month = FakeClock().now().strftime("%Y-%m")
+    left = monthly_budget_left(store, Decimal("5.00"), project="research", period=month)
+    assert left == Decimal("3.25")
+    # without a project the budget covers every project together
+    assert monthly_budget_left(store, Decimal("5.00"), period=month) == Decimal("-5.75")
 
 
 # --- constraints ----------------------------------------------------------------------
