@@ -58,7 +58,7 @@ from cost_models.estimate import (
 from cost_models.limits import MIN_USEFUL_RUNTIME_S, affordable_runtime_s
 
 if TYPE_CHECKING:
-    from broker.providers.base import Availability
+    from broker.providers.base import Availability, Placement
     from broker.schema import Schema
     from broker.spec import JobSpec
     from broker.store import JobStore
@@ -86,6 +86,7 @@ RejectionReason = Literal[
     "price_missing",
     "unsupported_task",
     "not_allowed",
+    "not_configured",
 ]
 _PROVIDER_ORDER = {name: index for index, name in enumerate(PROVIDER_NAMES)}
 
@@ -266,6 +267,7 @@ def make_plan(
     local_rate_usd_per_hour: Decimal | None = None,
     unsupported: Mapping[str, Mapping[str, str]] | None = None,
     month_budget_left_usd: Decimal | None = None,
+    placements: Mapping[str, Placement | None] | None = None,
 ) -> Plan:
     """Quote every provider x machine x region and order the feasible ones by cost.
 
@@ -284,6 +286,9 @@ def make_plan(
         month_budget_left_usd: what the month's budget still allows (see
             :func:`monthly_budget_left`); candidates whose high estimate passes it are
             rejected as ``over_monthly_budget``. None: no monthly budget.
+        placements: per provider, the regions and machine types it is set up to use;
+            rows elsewhere are rejected as ``not_configured`` so the quote is for what
+            will really run. Only applied to available providers.
 
     Returns:
         The plan, candidates cheapest first.
@@ -308,6 +313,7 @@ def make_plan(
         unsupported,
         month_budget_left_usd,
     )
+    context = replace(context, placements=placements)
     _check_forced(catalog, context)
 
     feasible: list[Quote] = []
@@ -415,6 +421,7 @@ class _Context:
     availability: dict[str, Availability]
     unsupported: Mapping[str, Mapping[str, str]] | None
     month_left_usd: Decimal | None = None
+    placements: Mapping[str, Placement | None] | None = None
 
     @classmethod
     def build(
@@ -650,6 +657,17 @@ def _constraint_refusal(
             f"region {row.region} is not in constraints.regions "
             f"{sorted(context.regions or ())}"
         )
+    placement = (context.placements or {}).get(row.provider)
+    available = context.availability.get(row.provider)
+    if placement is not None and available is not None and available.available:
+        if placement.regions is not None and row.region not in placement.regions:
+            return "not_configured", (
+                f"{row.provider} is set up for region {sorted(placement.regions)}"
+            )
+        if placement.machines is not None and row.sku not in placement.machines:
+            return "not_configured", (
+                f"{row.provider} is set up for machine {sorted(placement.machines)}"
+            )
 
     limits = context.limits_of(row.provider)
     if context.task in limits:

@@ -566,3 +566,26 @@ def test_plan_h2o_cloud_vm_needs_a_cluster_url() -> None:
         spec(), schema(), catalog=catalog, availability={"h2o": remote}, unsupported={}
     )
     assert plan.chosen is not None and plan.chosen.machine == "ec2:m5.2xlarge"
+
+
+def test_plan_placement_quotes_only_where_the_provider_is_set_up():
+    from broker.providers.base import Placement
+
+    catalog = Catalog.from_rows(
+        [
+            row("sagemaker", "ml.m5.large", "r1", "0.10"),
+            row("sagemaker", "ml.m5.xlarge", "r2", "0.20"),
+            LOCAL,
+        ]
+    )
+    placements = {"sagemaker": Placement(frozenset({"r2"}), frozenset({"ml.m5.xlarge"}))}
+
+    plan = plan_for(catalog, spec(), up=("sagemaker",), placements=placements)
+
+    # the cheaper r1 row is not what the configured provider would run
+    assert [(c.provider, c.machine, c.region) for c in plan.candidates] == [
+        ("sagemaker", "ml.m5.xlarge", "r2")
+    ]
+    [refused] = [r for r in plan.rejections if r.machine == "ml.m5.large"]
+    assert refused.reason == "not_configured"
+    assert refused.detail == "sagemaker is set up for region ['r2']"

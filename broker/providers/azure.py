@@ -45,6 +45,7 @@ from broker.errors import (
 from broker.providers._http_errors import Phase, classify
 from broker.providers.base import (
     Availability,
+    Placement,
     Provider,
     ProviderJob,
     ProviderJobRef,
@@ -402,6 +403,9 @@ class AzureProvider(Provider):
         self._ml_client: Any = None
 
     # --- availability ------------------------------------------------------------------
+
+    def placement(self) -> Placement | None:
+        return Placement(machines=frozenset({self.vm_size}))
 
     def availability(self) -> Availability:
         import importlib.util

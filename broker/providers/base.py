@@ -40,6 +40,14 @@ class Availability:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """The regions and machine types a configured provider will use; None: any."""
+
+    regions: frozenset[str] | None = None
+    machines: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
 class ProviderJob:
     """Everything a provider needs to run one job. The held-out rows are not in `train`."""
 
@@ -146,6 +154,11 @@ class Provider(abc.ABC):
         Classification: an (n, k) array of probabilities in `job.schema.classes` order.
         Regression: an (n,) array of values.
         """
+
+    def placement(self) -> Placement | None:
+        """Where this provider is set up to run (its region, its machine type), so the
+        planner quotes what will really run. None: wherever the plan chooses."""
+        return None
 
     def billed_usd(self, ref: ProviderJobRef) -> Decimal | None:
         """What the provider has billed for the job so far, when it can tell; used for

@@ -48,6 +48,7 @@ from broker.errors import (
 )
 from broker.providers.base import (
     Availability,
+    Placement,
     Provider,
     ProviderJob,
     ProviderJobRef,
@@ -359,6 +360,12 @@ class SageMakerProvider(Provider):
         self._stop_requested: set[str] = set()
 
     # --- availability --------------------------------------------------------------
+
+    def placement(self) -> Placement | None:
+        return Placement(
+            regions=frozenset({self.region}),
+            machines=frozenset({self.training_instance_type}),
+        )
 
     def availability(self) -> Availability:
         """Whether boto3, settings and credentials are present; no network."""

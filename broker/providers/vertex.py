@@ -45,6 +45,7 @@ from broker.errors import (
 from broker.providers._http_errors import Phase, classify
 from broker.providers.base import (
     Availability,
+    Placement,
     Provider,
     ProviderJob,
     ProviderJobRef,
@@ -383,6 +384,9 @@ class VertexProvider(Provider):
         if self.credentials is not None:
             return Availability(True, "credentials passed in", "argument")
         return _discover_credentials()
+
+    def placement(self) -> Placement | None:
+        return Placement(regions=frozenset({self.location}))
 
     # --- the job -----------------------------------------------------------------------
 
