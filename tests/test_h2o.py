@@ -7,8 +7,11 @@ here, stands for a cluster someone else runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -27,9 +30,12 @@ from broker.errors import (
     ProviderJobFailedError,
     ProviderUnavailableError,
 )
+from broker.models import load_saved_model
 from broker.providers.base import ProviderJob
 from broker.providers.h2o import (
     EmbeddedCluster,
+    H2OBinaryModel,
+    H2OMojoModel,
     H2OProvider,
     automl_runtime_s,
     automl_settings,
@@ -356,11 +362,65 @@ def test_float_rate_is_refused() -> None:
         H2OProvider(local_rate_usd_per_hour=0.1)  # type: ignore[arg-type]
 
 
+def test_probabilities_reads_predict_csv_hexadecimal_doubles() -> None:
+    # PredictCsv writes exact doubles in Java's hexadecimal notation
+    header = ["predict", "bad", "good"]
+    rows = [["good", "0x1.0p-2", "0x1.8p-1"], ["bad", "0x1.ccccccccccccdp-1", ""]]
+
+    array = probabilities(header, rows, ["bad", "good"], ["bad", "good"])
+
+    assert array[0].tolist() == [0.25, 0.75]
+    assert array[1, 0] == 0.9 and np.isnan(array[1, 1])
+
+
 def test_load_model_refuses_another_format(tmp_path: Path) -> None:
     (tmp_path / "model.json").write_text(json.dumps({"format": "torch-state-dict"}))
     with pytest.raises(
-        ConfigurationError, match="'torch-state-dict' model, not 'h2o-binary'"
+        ConfigurationError,
+        match="'torch-state-dict' model, not 'h2o-mojo' or 'h2o-binary'",
     ):
+        load_model(tmp_path)
+
+
+def write_mojo_folder(folder: Path, jar_bytes: bytes, recorded_sha256: str) -> None:
+    (folder / "model.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    (folder / "h2o-genmodel.jar").write_bytes(jar_bytes)
+    manifest = {
+        "format": "h2o-mojo",
+        "mojo_file": "model.zip",
+        "genmodel_jar": "h2o-genmodel.jar",
+        "genmodel_sha256": recorded_sha256,
+        "task": "binary",
+        "classes": ["bad", "good"],
+        "class_labels": ["bad", "good"],
+        "domain": ["bad", "good"],
+        "features": [{"safe_name": "age", "name": "age", "h2o_type": "numeric"}],
+    }
+    (folder / "model.json").write_text(json.dumps(manifest))
+
+
+def test_load_model_refuses_a_swapped_genmodel_jar(tmp_path: Path) -> None:
+    write_mojo_folder(tmp_path, b"another jar", hashlib.sha256(b"the jar").hexdigest())
+
+    with pytest.raises(ConfigurationError, match="sha256 mismatch"):
+        load_model(tmp_path)
+
+
+def test_load_model_refuses_a_mojo_folder_without_the_mojo(tmp_path: Path) -> None:
+    write_mojo_folder(tmp_path, b"the jar", hashlib.sha256(b"the jar").hexdigest())
+    (tmp_path / "model.zip").unlink()
+
+    with pytest.raises(ConfigurationError, match=r"lacks its model file 'model.zip'"):
+        load_model(tmp_path)
+
+
+def test_load_model_refuses_a_mojo_file_outside_the_folder(tmp_path: Path) -> None:
+    write_mojo_folder(tmp_path, b"the jar", hashlib.sha256(b"the jar").hexdigest())
+    manifest = json.loads((tmp_path / "model.json").read_text())
+    manifest["genmodel_jar"] = "../elsewhere.jar"
+    (tmp_path / "model.json").write_text(json.dumps(manifest))
+
+    with pytest.raises(ConfigurationError, match=r"'\.\./elsewhere\.jar'"):
         load_model(tmp_path)
 
 
@@ -410,6 +470,11 @@ class EmbeddedRecord:
     run_dir: Path
     classes: tuple[Any, ...]
     wall_s: float
+    saved_type: type
+    registry_proba: np.ndarray
+    node_stopped_before_load: bool
+    scoring_commands: list[list[str]]
+    java_when_scoring: list[list[str]]
 
 
 @pytest.fixture(scope="module")
@@ -444,9 +509,24 @@ def embedded(
         running = provider.cluster.running
     finally:
         provider.close()
-    saved = load_model(run_dir / "model")
-    saved_proba = saved.predict_proba(features)
-    saved_labels = saved.predict(features)
+    node_stopped = not provider.cluster.running
+
+    commands: list[list[str]] = []
+    java_when_scoring: list[list[str]] = []
+    real_run = subprocess.run
+
+    def watched_run(command: list[str], *args: Any, **kwargs: Any) -> Any:
+        commands.append(list(command))
+        java_when_scoring.append(our_java_processes())  # just before the child starts
+        return real_run(command, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "h2o", None)  # `import h2o` fails: no client used
+        patch.setattr(subprocess, "run", watched_run)
+        saved = load_model(run_dir / "model")
+        saved_proba = saved.predict_proba(features)
+        saved_labels = saved.predict(features)
+        registry_proba = load_saved_model(run_dir / "model").predict_proba(features)
     wall_s = time.monotonic() - started
 
     assert temp_dir is not None and ice_root is not None
@@ -468,6 +548,11 @@ def embedded(
         run_dir=run_dir,
         classes=schema.classes,
         wall_s=wall_s,
+        saved_type=type(saved),
+        registry_proba=registry_proba,
+        node_stopped_before_load=node_stopped,
+        scoring_commands=commands,
+        java_when_scoring=java_when_scoring,
     )
 
 
@@ -502,18 +587,30 @@ def test_embedded_leaderboard_has_metrics_and_times(embedded: EmbeddedRecord) ->
 @pytest.mark.slow
 @pytest.mark.h2o
 def test_embedded_model_folder_is_written(embedded: EmbeddedRecord) -> None:
-    manifest = json.loads((embedded.run_dir / "model" / "model.json").read_text())
+    import h2o
 
-    assert manifest["format"] == "h2o-binary"
+    folder = embedded.run_dir / "model"
+    manifest = json.loads((folder / "model.json").read_text())
+
+    assert embedded.result.model_format == manifest["format"] == "h2o-mojo"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "h2o-genmodel.jar",
+        "model.json",
+        "model.zip",
+    ]
     assert manifest["classes"] == ["bad", "good"]
+    assert manifest["domain"] == ["bad", "good"]  # H2O's order of the levels
     assert manifest["task"] == "binary"
+    assert manifest["h2o_version"] == h2o.__version__
     assert manifest["model_id"] == embedded.result.best_model_id
     assert [f["safe_name"] for f in manifest["features"]][:3] == [
         "checking_status",
         "duration",
         "credit_history",
     ]
-    assert (embedded.run_dir / "model" / "model.h2o").stat().st_size > 1000
+    jar = (folder / "h2o-genmodel.jar").read_bytes()
+    assert manifest["genmodel_sha256"] == hashlib.sha256(jar).hexdigest()
+    assert (folder / "model.zip").read_bytes()[:2] == b"PK"  # a zip archive
 
 
 @pytest.mark.slow
@@ -521,12 +618,31 @@ def test_embedded_model_folder_is_written(embedded: EmbeddedRecord) -> None:
 def test_embedded_saved_model_predicts_like_the_cluster(
     embedded: EmbeddedRecord,
 ) -> None:
+    assert embedded.saved_type is H2OMojoModel
     assert embedded.cluster_proba.shape == (200, 2)
     np.testing.assert_allclose(embedded.saved_proba, embedded.cluster_proba, atol=1e-6)
+    # broker.models finds the same loader from the format in model.json
+    np.testing.assert_array_equal(embedded.registry_proba, embedded.saved_proba)
     np.testing.assert_allclose(embedded.cluster_proba.sum(axis=1), 1.0, atol=1e-9)
     expected_labels = np.where(embedded.saved_proba[:, 1] > embedded.saved_proba[:, 0],
                                "good", "bad")  # fmt: skip
     assert list(embedded.saved_labels) == list(expected_labels)
+
+
+@pytest.mark.slow
+@pytest.mark.h2o
+def test_embedded_mojo_scores_without_an_h2o_node(embedded: EmbeddedRecord) -> None:
+    jar = str(embedded.run_dir / "model" / "h2o-genmodel.jar")
+
+    assert embedded.node_stopped_before_load
+    # one PredictCsv child per call (predict_proba, predict, the registry's load)
+    assert len(embedded.scoring_commands) == 3
+    for command in embedded.scoring_commands:
+        assert command[command.index("-cp") + 1] == jar
+        assert "hex.genmodel.tools.PredictCsv" in command
+        assert not any("h2o.jar" in part for part in command)
+    # when each child started, no H2O node of ours was alive
+    assert embedded.java_when_scoring == [[], [], []]
 
 
 @pytest.mark.slow
@@ -697,6 +813,56 @@ def test_connect_mode_job_killed_on_cluster_fails(
     assert isinstance(status.error, ProviderJobFailedError)
     assert status.error.reason == "CancelledOutside"
     assert "cancelled on the cluster, not by the broker" in str(status.error)
+
+
+@pytest.mark.slow
+@pytest.mark.h2o
+def test_refused_mojo_export_saves_a_binary_model_that_scores_alike(
+    outside_cluster: EmbeddedCluster,
+    credit: tuple[Schema, pd.DataFrame],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from h2o.exceptions import H2OValueError
+    from h2o.model.model_base import ModelBase
+
+    def refused(self: Any, *args: Any, **kwargs: Any) -> str:
+        raise H2OValueError("MOJO export needs an H2O-3 Secure licence")
+
+    monkeypatch.setattr(ModelBase, "download_mojo", refused)  # as a gated client does
+    schema, frame = credit
+    job = make_job(
+        frame.iloc[:400],
+        schema,
+        tmp_path,
+        runtime_s=60,
+        options={"include_algos": ["GLM"], "max_models": 1, "nfolds": 0},
+        job_id="binary-1",
+    )
+    features = frame.iloc[900:][schema.safe_feature_names]
+    provider = H2OProvider(url=outside_cluster.url)
+
+    try:
+        ref = provider.submit(job)
+        wait_terminal(provider, ref)
+        result = provider.result(ref, job)
+        cluster_proba = provider.predict(ref, job, features)
+    finally:
+        provider.close()
+    java_before = our_java_processes()
+    saved = load_model(tmp_path / "model")
+    saved_proba = saved.predict_proba(features)
+
+    folder = tmp_path / "model"
+    manifest = json.loads((folder / "model.json").read_text())
+    assert result.model_format == manifest["format"] == "h2o-binary"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.h2o", "model.json"]
+    note = "H2O did not export a MOJO (H2OValueError: MOJO export needs an H2O-3"
+    assert any(n.startswith(note) for n in result.notes), result.notes
+    assert manifest["note"].startswith(note)
+    assert isinstance(saved, H2OBinaryModel)
+    np.testing.assert_allclose(saved_proba, cluster_proba, atol=1e-6)
+    assert our_java_processes() == java_before  # the scoring node stopped
 
 
 # --- a failure mid-run ---------------------------------------------------------------------

@@ -12,8 +12,13 @@ Connect mode (``url=``) uses a cluster someone else runs and leaves it running;
 ``close`` removes only the frames, models and AutoML runs this provider created.
 
 The h2o client keeps one active connection per Python process, so the provider
-re-activates its own connection before each call. Models are saved in H2O's binary
-format and scored by :func:`load_model` in a child Python process with its own JVM.
+re-activates its own connection before each call.
+
+The best model is exported as a MOJO (``model.zip``) with the ``h2o-genmodel.jar`` that
+reads it. :func:`load_model` scores a MOJO with ``java -cp h2o-genmodel.jar
+hex.genmodel.tools.PredictCsv`` on a temporary CSV: no H2O node, no h2o Python package
+needed. When the h2o client refuses MOJO export, the model is saved in H2O's binary format
+instead (``h2o-binary``), which scores on a short-lived H2O node in a child process.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import importlib.util
+import inspect
 import io
 import json
 import logging
@@ -74,8 +81,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROVIDER_NAME = "h2o"
-MODEL_FORMAT = "h2o-binary"
-MODEL_FILE = "model.h2o"
+MODEL_FORMAT = "h2o-mojo"
+BINARY_FORMAT = "h2o-binary"
+MOJO_FILE = "model.zip"
+GENMODEL_JAR = "h2o-genmodel.jar"
+BINARY_FILE = "model.h2o"
+PREDICT_CSV_CLASS = "hex.genmodel.tools.PredictCsv"
+DEFAULT_SCORING_HEAP_MIB = 1024
 DEFAULT_MAX_MEM_GIB = 2.0
 DEFAULT_NFOLDS = 5
 MIN_AUTOML_RUNTIME_S = 10
@@ -392,12 +404,17 @@ def _connect(url: str) -> Any:
     import h2o
 
     h2o.no_progress()
+    arguments: dict[str, Any] = {
+        "url": url,
+        "verbose": False,
+        "strict_version_check": False,
+    }
+    if "telemetry" in inspect.signature(h2o.connect).parameters:
+        arguments["telemetry"] = False  # clients from 3.46.0.7 on have the switch
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            connection = h2o.connect(
-                url=url, verbose=False, telemetry=False, strict_version_check=False
-            )
+            connection = h2o.connect(**arguments)
     except Exception as exc:
         raise ProviderUnavailableError(
             f"cannot reach the H2O cluster at {_redact(url)}: {exc}; "
@@ -639,7 +656,11 @@ def _read_csv_rows(text: str) -> tuple[list[str], list[list[str]]]:
 
 
 def _to_float(text: str) -> float:
-    return float("nan") if text in ("", "NA", "nan") else float(text)
+    if text in ("", "NA", "nan", "NaN"):
+        return float("nan")
+    if "0x" in text.lower():  # PredictCsv's exact hexadecimal doubles
+        return float.fromhex(text)
+    return float(text)
 
 
 def probabilities(
@@ -957,6 +978,8 @@ class H2OProvider(Provider):
     def _scratch(self) -> Path:
         if self._work_dir is None:
             self._work_dir = Path(tempfile.mkdtemp(prefix="automl-broker-h2o-work-"))
+            # removed by close(), or at interpreter exit when close() is never called
+            weakref.finalize(self, shutil.rmtree, self._work_dir, ignore_errors=True)
         return self._work_dir
 
     def _upload(self, frame: pd.DataFrame, key: str, col_types: dict[str, str]) -> Any:
@@ -1191,12 +1214,15 @@ class H2OProvider(Provider):
             header, rows = _read_csv_rows(board.get_frame_data())
             h2o.remove(board)
             leader = run.aml.leader
-            model_dir = self._save_model(run, leader, job.run_dir / "model")
+            model_dir = job.run_dir / "model"
+            model_format, export_note = self._save_model(run, leader, model_dir)
         notes = [
             f"ranked by H2O {run.settings.sort_metric} over {run.settings.nfolds}-fold "
             "cross-validation of the training rows",
             *run.settings.notes,
         ]
+        if export_note is not None:
+            notes.append(export_note)
         entries = leaderboard_entries(
             header, rows, notes=f"{run.settings.nfolds}-fold cross-validation"
         )
@@ -1208,7 +1234,7 @@ class H2OProvider(Provider):
             leaderboard=entries,
             best_model_id=leader.model_id,
             model_path=model_dir,
-            model_format=MODEL_FORMAT,
+            model_format=model_format,
             provider_units=units,
             actual_cost_usd=cost_usd,
             runtime_s=runtime_s,
@@ -1248,39 +1274,52 @@ class H2OProvider(Provider):
         end = run.ended_mono if run.ended_mono is not None else self.clock.monotonic()
         return self.cost_for(end - run.started_mono)[0]
 
-    def _save_model(self, run: _Run, leader: Any, model_dir: Path) -> Path:
-        import h2o
+    def _save_model(
+        self, run: _Run, leader: Any, model_dir: Path
+    ) -> tuple[str, str | None]:
+        """Write the leader into `model_dir` as a MOJO, else in H2O's binary format.
 
+        Returns:
+            The format written and, when it is the binary fallback, a note saying why.
+        """
         model_dir.mkdir(parents=True, exist_ok=True)
-        h2o.download_model(leader, path=str(model_dir), filename=MODEL_FILE)
-        # TODO(h2o-mojo): the h2o 3.46.0.12 client blocks MOJO export unless the user
-        # holds an H2O-3 Secure licence, so the binary format is saved; scoring it needs
-        # the same h2o version and a JVM.
-        schema = run.job.schema
-        domains = leader._model_json["output"]["domains"]
+        for name in (MOJO_FILE, GENMODEL_JAR, BINARY_FILE, "model.json"):
+            (model_dir / name).unlink(missing_ok=True)  # left by an earlier attempt
+
+        note = None
+        try:
+            extra = _export_mojo(leader, model_dir)
+            model_format = MODEL_FORMAT
+        except Exception as exc:
+            # A client that gates MOJO export behind a licence refuses here; the binary
+            # model needs no licence but scores only with this h2o version and a JVM.
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            note = (
+                f"H2O did not export a MOJO ({type(exc).__name__}: {reason}); the "
+                f"model was saved in H2O's binary format, which scores only with h2o "
+                f"{_h2o_version()} and a Java runtime; pip install 'h2o<=3.46.0.6' "
+                "for MOJO export"
+            )
+            logger.warning("%s", note)
+            for name in (MOJO_FILE, GENMODEL_JAR):
+                (model_dir / name).unlink(missing_ok=True)
+            extra = _export_binary(leader, model_dir)
+            model_format = BINARY_FORMAT
+
         manifest = {
-            "format": MODEL_FORMAT,
-            "model_file": MODEL_FILE,
-            "h2o_version": h2o.__version__,
-            "model_id": leader.model_id,
-            "algorithm": leader.algo,
-            "task": schema.task.value,
-            "target": schema.target_safe_name,
-            "classes": [_jsonable(c) for c in schema.classes],
-            "class_labels": [class_label(c) for c in schema.classes],
-            "domain": domains[-1] if schema.task != Task.REGRESSION else None,
-            "features": [
-                {"safe_name": c.safe_name, "name": c.name, "h2o_type": h2o_type}
-                for c, (_, h2o_type) in zip(
-                    schema.features, _feature_kinds(schema), strict=True
-                )
-            ],
+            "format": model_format,
+            **extra,
+            **_model_description(run.job.schema, leader),
         }
+        if note is not None:
+            manifest["note"] = note
         (model_dir / "model.json").write_text(
             json.dumps(manifest, indent=2), encoding="utf-8"
         )
-        logger.info("H2O model %s saved to %s", leader.model_id, model_dir)
-        return model_dir
+        logger.info(
+            "H2O model %s saved to %s as %s", leader.model_id, model_dir, model_format
+        )
+        return model_format, note
 
     def predict(
         self, ref: ProviderJobRef, job: ProviderJob, frame: pd.DataFrame
@@ -1417,15 +1456,79 @@ def _jsonable(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+# --- export -------------------------------------------------------------------------
+
+
+def _h2o_version() -> str:
+    import h2o
+
+    return str(h2o.__version__)
+
+
+def _export_mojo(leader: Any, model_dir: Path) -> dict[str, Any]:
+    """Download the leader's MOJO as ``model.zip`` with the genmodel jar beside it."""
+    written = Path(leader.download_mojo(str(model_dir), get_genmodel_jar=True))
+    if written != model_dir / MOJO_FILE:
+        os.replace(written, model_dir / MOJO_FILE)
+    jar = model_dir / GENMODEL_JAR
+    if not jar.is_file() or not (model_dir / MOJO_FILE).is_file():
+        raise ProviderJobFailedError(
+            f"H2O wrote no {MOJO_FILE} and {GENMODEL_JAR} into {model_dir}",
+            provider=PROVIDER_NAME,
+            reason="ExportFailed",
+        )
+    return {
+        "mojo_file": MOJO_FILE,
+        "genmodel_jar": GENMODEL_JAR,
+        "genmodel_sha256": _sha256(jar),
+    }
+
+
+def _export_binary(leader: Any, model_dir: Path) -> dict[str, Any]:
+    import h2o
+
+    h2o.download_model(leader, path=str(model_dir), filename=BINARY_FILE)
+    return {"model_file": BINARY_FILE}
+
+
+def _model_description(schema: Schema, leader: Any) -> dict[str, Any]:
+    """What a loader needs besides the model file: task, classes, features, versions.
+
+    ``classes`` follow the schema (the job's order); ``domain`` is H2O's own order of
+    the same classes, in which its prediction columns come.
+    """
+    domains = leader._model_json["output"]["domains"]
+    return {
+        "h2o_version": _h2o_version(),
+        "model_id": leader.model_id,
+        "algorithm": leader.algo,
+        "task": schema.task.value,
+        "target": schema.target_safe_name,
+        "classes": [_jsonable(c) for c in schema.classes],
+        "class_labels": [class_label(c) for c in schema.classes],
+        "domain": domains[-1] if schema.task != Task.REGRESSION else None,
+        "features": [
+            {"safe_name": c.safe_name, "name": c.name, "h2o_type": h2o_type}
+            for c, (_, h2o_type) in zip(
+                schema.features, _feature_kinds(schema), strict=True
+            )
+        ],
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 # --- the saved model ----------------------------------------------------------------
 
 
-class H2OSavedModel:
-    """A model saved by :class:`H2OProvider`, scored by a private JVM in a child.
-
-    Each call starts an H2O node, loads the model, predicts and stops the node, so
-    nothing stays running and the h2o client of the calling process is not touched.
-    """
+class _H2OSavedModel:
+    """What both saved formats share: the manifest's task, classes and features."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], java: str) -> None:
         self.path = path
@@ -1444,43 +1547,18 @@ class H2OSavedModel:
         with tempfile.TemporaryDirectory(prefix="automl-broker-h2o-score-") as scratch:
             source, target = Path(scratch) / "input.csv", Path(scratch) / "output.csv"
             _write_csv(table, source)
-            command = [
-                sys.executable,
-                "-m",
-                "broker.providers.h2o",
-                "score",
-                str(self.path),
-                str(source),
-                str(target),
-                "--java",
-                self.java,
-            ]
-            package_root = str(Path(__file__).resolve().parents[2])
-            env = {
-                **os.environ,
-                "DO_NOT_TRACK": "1",
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in (package_root, os.environ.get("PYTHONPATH")) if p
-                ),
-            }
-            done = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=600,
-                check=False,
-            )
-            if done.returncode != 0:
-                raise ProviderJobFailedError(
-                    f"scoring the H2O model in {self.path} failed: "
-                    f"{done.stderr.strip()[-600:]}",
-                    provider=PROVIDER_NAME,
-                    reason="PredictFailed",
-                )
+            self._score_csv(source, target, Path(scratch))
             header, rows = _read_csv_rows(target.read_text(encoding="utf-8"))
-        domain = self.manifest.get("domain")
-        return probabilities(header, rows, domain, self.class_labels)
+        if len(rows) != len(table):
+            raise ProviderJobFailedError(
+                f"scoring {len(table)} rows with the H2O model in {self.path} returned "
+                f"{len(rows)} predictions",
+                provider=PROVIDER_NAME,
+                reason="PredictFailed",
+            )
+        return probabilities(
+            header, rows, self.manifest.get("domain"), self.class_labels
+        )
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Class labels (classification) or values (regression)."""
@@ -1491,19 +1569,128 @@ class H2OSavedModel:
             return scores
         return np.asarray(self.classes, dtype=object)[scores.argmax(axis=1)]
 
+    def _score_csv(self, source: Path, target: Path, scratch: Path) -> None:
+        raise NotImplementedError
 
-def load_model(path: str | Path) -> H2OSavedModel:
+    def _run_scorer(self, command: list[str], env: dict[str, str] | None) -> None:
+        try:
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                timeout=600,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise ProviderJobFailedError(
+                f"scoring with the H2O model in {self.path} took over 600 s",
+                provider=PROVIDER_NAME,
+                reason="PredictFailed",
+            ) from None
+        if done.returncode != 0:
+            said = (done.stderr.strip() or done.stdout.strip())[-600:]
+            raise ProviderJobFailedError(
+                f"scoring with the H2O model in {self.path} failed "
+                f"(exit {done.returncode}): {said}",
+                provider=PROVIDER_NAME,
+                reason="PredictFailed",
+            )
+
+
+class H2OMojoModel(_H2OSavedModel):
+    """A MOJO saved by :class:`H2OProvider`, scored by H2O's own PredictCsv tool.
+
+    Each call runs ``java -cp h2o-genmodel.jar hex.genmodel.tools.PredictCsv`` on a
+    temporary CSV and reads its output: no H2O node starts, and the h2o Python package
+    is not needed.
+
+    Example:
+        >>> model = load_model("runs/job-1/model")  # doctest: +SKIP
+        >>> model.predict_proba(frame)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, path: Path, manifest: dict[str, Any], java: str, heap_mib: int
+    ) -> None:
+        super().__init__(path, manifest, java)
+        self.heap_mib = heap_mib
+        self.mojo = path / manifest["mojo_file"]
+        self.genmodel_jar = path / manifest["genmodel_jar"]
+
+    def _score_csv(self, source: Path, target: Path, scratch: Path) -> None:
+        # TODO(h2o-mojo-csv): PredictCsv reads "NA", "N/A" and "-" as missing and a
+        # backslash as an escape, where the cluster's parser may read a category; such
+        # values can score differently from the cluster until the input is escaped.
+        command = [
+            self.java,
+            f"-Xmx{self.heap_mib}m",
+            "-XX:-UsePerfData",  # no hsperfdata folder left in /tmp
+            f"-Djava.io.tmpdir={scratch}",
+            "-cp",
+            str(self.genmodel_jar),
+            PREDICT_CSV_CLASS,
+            "--mojo",
+            str(self.mojo),
+            "--input",
+            str(source),
+            "--output",
+            str(target),
+        ]  # without --decimal PredictCsv writes exact hexadecimal doubles
+        self._run_scorer(command, env=None)
+        if not target.is_file():
+            raise ProviderJobFailedError(
+                f"H2O's PredictCsv wrote no predictions for the model in {self.path}",
+                provider=PROVIDER_NAME,
+                reason="PredictFailed",
+            )
+
+
+class H2OBinaryModel(_H2OSavedModel):
+    """A model saved in H2O's binary format, scored by a private node in a child.
+
+    Each call starts an H2O node, loads the model, predicts and stops the node, so
+    nothing stays running and the h2o client of the calling process is not touched.
+    """
+
+    def _score_csv(self, source: Path, target: Path, scratch: Path) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "broker.providers.h2o",
+            "score",
+            str(self.path),
+            str(source),
+            str(target),
+            "--java",
+            self.java,
+        ]
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = {
+            **os.environ,
+            "DO_NOT_TRACK": "1",
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (package_root, os.environ.get("PYTHONPATH")) if p
+            ),
+        }
+        self._run_scorer(command, env=env)
+
+
+def load_model(
+    path: str | Path, *, heap_mib: int = DEFAULT_SCORING_HEAP_MIB
+) -> H2OMojoModel | H2OBinaryModel:
     """Load a model that :class:`H2OProvider` saved into a run folder.
 
     Args:
         path: The ``model`` folder (with ``model.json``).
+        heap_mib: Java heap for scoring a MOJO.
 
     Raises:
-        ConfigurationError: not an H2O model folder, or it needs another h2o version.
+        ConfigurationError: not an H2O model folder, a file is missing or altered, or
+            a binary model needs another h2o version.
         ProviderUnavailableError: no Java runtime to score with.
     """
-    import h2o
-
     folder = Path(path)
     try:
         manifest = json.loads((folder / "model.json").read_text(encoding="utf-8"))
@@ -1511,24 +1698,61 @@ def load_model(path: str | Path) -> H2OSavedModel:
         raise ConfigurationError(
             f"{folder} holds no readable model.json: {exc}"
         ) from None
-    if manifest.get("format") != MODEL_FORMAT:
+    model_format = manifest.get("format")
+    if model_format not in (MODEL_FORMAT, BINARY_FORMAT):
         raise ConfigurationError(
-            f"{folder} holds a {manifest.get('format')!r} model, not {MODEL_FORMAT!r}; "
-            "load it with its own provider's load_model"
+            f"{folder} holds a {model_format!r} model, not {MODEL_FORMAT!r} or "
+            f"{BINARY_FORMAT!r}; load it with its own provider's load_model"
         )
-    model_file = str(manifest.get("model_file", ""))
-    if Path(model_file).name != model_file or not (folder / model_file).is_file():
-        raise ConfigurationError(f"{folder} lacks its model file {model_file!r}")
-    saved_version = manifest.get("h2o_version")
-    if saved_version != h2o.__version__:
-        raise ConfigurationError(
-            f"the model in {folder} was saved by h2o {saved_version} but h2o "
-            f"{h2o.__version__} is installed; pip install h2o=={saved_version}"
-        )
+
+    if model_format == MODEL_FORMAT:
+        _check_mojo_folder(folder, manifest)
+    else:
+        _check_binary_folder(folder, manifest)
     java = find_java()
     if java is None:
         raise ProviderUnavailableError(_java_missing_message(), provider=PROVIDER_NAME)
-    return H2OSavedModel(folder, manifest, java)
+
+    if model_format == MODEL_FORMAT:
+        return H2OMojoModel(folder, manifest, java, heap_mib)
+    return H2OBinaryModel(folder, manifest, java)
+
+
+def _model_file(folder: Path, manifest: dict[str, Any], key: str) -> Path:
+    name = str(manifest.get(key, ""))
+    if not name or Path(name).name != name or not (folder / name).is_file():
+        raise ConfigurationError(f"{folder} lacks its model file {name!r} ({key})")
+    return folder / name
+
+
+def _check_mojo_folder(folder: Path, manifest: dict[str, Any]) -> None:
+    _model_file(folder, manifest, "mojo_file")
+    jar = _model_file(folder, manifest, "genmodel_jar")
+    # The jar is Java code that scoring runs: refuse one that differs from the jar
+    # written at export (a damaged copy, or a swapped file).
+    expected = manifest.get("genmodel_sha256")
+    if expected is not None and _sha256(jar) != expected:
+        raise ConfigurationError(
+            f"{jar} differs from the {GENMODEL_JAR} saved with the model (sha256 "
+            "mismatch); copy the model folder again from its run"
+        )
+
+
+def _check_binary_folder(folder: Path, manifest: dict[str, Any]) -> None:
+    _model_file(folder, manifest, "model_file")
+    try:
+        installed = _h2o_version()
+    except ImportError:
+        raise ConfigurationError(
+            f"the model in {folder} is in H2O's binary format, which needs the h2o "
+            f"package; pip install h2o=={manifest.get('h2o_version')}"
+        ) from None
+    saved_version = manifest.get("h2o_version")
+    if saved_version != installed:
+        raise ConfigurationError(
+            f"the model in {folder} was saved by h2o {saved_version} but h2o "
+            f"{installed} is installed; pip install h2o=={saved_version}"
+        )
 
 
 def _score_main(argv: list[str]) -> int:
