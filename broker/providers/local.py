@@ -1,0 +1,412 @@
+"""The local provider: the PyTorch network search of :mod:`broker.local` on this machine.
+
+A submitted job runs in a background thread of this process. `poll` reads its progress,
+`cancel` stops it at the next epoch boundary and waits for the thread, `result` exports the
+best network into the run folder, and `predict` uses it. Nothing is billed by a service; the
+cost model prices local runs from the user's configured local rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from broker.errors import (
+    BrokerError,
+    InvalidRequestError,
+    NoModelTrainedError,
+    ProviderError,
+    ProviderJobFailedError,
+)
+from broker.providers.base import (
+    Availability,
+    Provider,
+    ProviderJob,
+    ProviderJobRef,
+    ProviderResult,
+    ProviderStatus,
+)
+from broker.schema import ColumnKind
+from broker.spec import LeaderboardEntry
+from broker.states import JobState
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from broker.local.export import TorchTabularModel
+    from broker.local.search import SearchOptions, SearchResult
+    from broker.local.space import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+MODEL_FORMAT = "torch-tabular"
+
+
+def load_model(path: str | Path) -> TorchTabularModel:
+    """Load a model the local provider exported (`run_dir/model`), running no stored code."""
+    from broker.local.export import load_model as _load
+
+    return _load(path)
+
+
+@dataclass
+class _Run:
+    """One job's thread and what it has reported so far; fields guarded by `lock`."""
+
+    ref: ProviderJobRef
+    job: ProviderJob
+    options: SearchOptions
+    metric: str
+    submitted_mono: float
+    submitted_at: datetime
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    thread: threading.Thread | None = None
+    state: JobState = JobState.QUEUED
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    trials_done: int = 0
+    best_score: float | None = None
+    search: SearchResult | None = None
+    model: TorchTabularModel | None = None
+    model_path: Path | None = None
+    error: Exception | None = None
+
+
+class LocalProvider(Provider):
+    """Runs the local network search in a background thread.
+
+    Args:
+        space: the search space; None uses :func:`broker.local.space.default_space`.
+        after_preprocess: called in the search thread once the data is prepared (a seam
+            for tests that simulate slow preprocessing).
+        cancel_wait_s: how long `cancel` and `close` wait for the thread to end.
+    """
+
+    name: ClassVar[str] = "local"
+    kind: ClassVar[Literal["cloud", "local"]] = "local"
+    unsupported: ClassVar[dict[str, str]] = {}
+
+    def __init__(
+        self,
+        *,
+        space: SearchSpace | None = None,
+        after_preprocess: Callable[[], None] | None = None,
+        cancel_wait_s: float = 120.0,
+    ) -> None:
+        self._space = space
+        self._after_preprocess = after_preprocess
+        self._cancel_wait_s = cancel_wait_s
+        self._runs: dict[str, _Run] = {}
+        self._by_key: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # --- contract ------------------------------------------------------------------------
+
+    def availability(self) -> Availability:
+        import torch
+
+        if torch.cuda.is_available():
+            return Availability(True, f"CUDA device {torch.cuda.get_device_name(0)}")
+        return Availability(True, f"CPU with {os.cpu_count() or 1} cores")
+
+    def submit(self, job: ProviderJob) -> ProviderJobRef:
+        with self._lock:
+            known = self._by_key.get(job.idempotency_key)
+            if known is not None:
+                return self._runs[known].ref
+
+        options = self._options(job)
+        metric = job.spec.metric_for(job.schema.task)
+        ref = ProviderJobRef(
+            provider=self.name,
+            job_id=f"local-{job.job_id}",
+            idempotency_key=job.idempotency_key,
+        )
+        run = _Run(
+            ref=ref,
+            job=job,
+            options=options,
+            metric=metric,
+            submitted_mono=time.monotonic(),
+            submitted_at=_now(),
+        )
+        run.thread = threading.Thread(
+            target=self._search, args=(run,), name=f"{ref.job_id}-search", daemon=False
+        )
+        with self._lock:
+            self._runs[ref.job_id] = run
+            self._by_key[job.idempotency_key] = ref.job_id
+        run.thread.start()
+        logger.info(
+            "local job %s submitted: %d rows, budget %.0f s, %s",
+            ref.job_id,
+            len(job.train),
+            job.runtime_limit_s,
+            options,
+        )
+        return ref
+
+    def poll(self, ref: ProviderJobRef) -> ProviderStatus:
+        run = self._run(ref)
+        with run.lock:
+            state = run.state
+            if state.terminal:
+                progress = 1.0
+            else:
+                elapsed = time.monotonic() - run.submitted_mono
+                progress = min(1.0, elapsed / max(run.job.runtime_limit_s, 1e-9))
+            message = f"{run.trials_done} trial(s) done"
+            if run.best_score is not None:
+                message += f", best validation {run.metric} {run.best_score:.5f}"
+            return ProviderStatus(
+                state=state,
+                secondary=state.value,
+                message=message,
+                progress=progress,
+                started_at=run.started_at,
+                ended_at=run.ended_at,
+                error=run.error,
+            )
+
+    def cancel(self, ref: ProviderJobRef) -> None:
+        run = self._run(ref)
+        with run.lock:
+            if run.state.terminal:
+                return
+            run.state = JobState.CANCELLING
+            run.stop_event.set()
+        self._join(run)
+
+    def result(self, ref: ProviderJobRef, job: ProviderJob) -> ProviderResult:
+        run = self._run(ref)
+        with run.lock:
+            state, search, error = run.state, run.search, run.error
+        if error is not None:
+            raise error
+        if search is None or search.best is None or not state.terminal:
+            raise InvalidRequestError(
+                f"local job {ref.job_id} has no result: it is {state.value}; wait until "
+                f"poll reports succeeded",
+                provider=self.name,
+                provider_job_id=ref.job_id,
+            )
+
+        model = self._model(run)
+        if run.model_path is None:
+            run.model_path = model.save(Path(job.run_dir) / "model")
+        leaderboard = self._leaderboard(search)
+        return ProviderResult(
+            leaderboard=leaderboard,
+            best_model_id=f"trial-{search.best.trial_number}",
+            model_path=run.model_path,
+            model_format=MODEL_FORMAT,
+            provider_units={
+                "trials": len(search.trials),
+                "device": self.availability().reason,
+                "train_rows": search.n_train_rows,
+                "validation_rows": search.n_validation_rows,
+                "stop_reason": search.stop_reason,
+            },
+            actual_cost_usd=None,
+            runtime_s=search.elapsed_s,
+            notes=list(search.notes),
+        )
+
+    def predict(
+        self, ref: ProviderJobRef, job: ProviderJob, frame: pd.DataFrame
+    ) -> np.ndarray:
+        run = self._run(ref)
+        model = self._model(run)
+        if model.task == "regression":
+            return model.predict(frame)
+        return model.predict_proba(frame)
+
+    def find_by_idempotency_key(self, key: str) -> ProviderJobRef | None:
+        with self._lock:
+            job_id = self._by_key.get(key)
+            return self._runs[job_id].ref if job_id else None
+
+    def close(self) -> None:
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            self.cancel(run.ref)
+
+    # --- the search thread ---------------------------------------------------------------
+
+    def _search(self, run: _Run) -> None:
+        from broker.local.search import run_search
+
+        job = run.job
+        with run.lock:
+            run.state = (
+                JobState.CANCELLING if run.stop_event.is_set() else JobState.RUNNING
+            )
+            run.started_at = _now()
+        numeric, categorical = _feature_kinds(job)
+
+        def on_trial(outcome: Any, best: Any) -> None:
+            with run.lock:
+                run.trials_done += 1
+                run.best_score = best.score
+
+        search = None
+        error: Exception | None = None
+        try:
+            search = run_search(
+                job.train,
+                target=job.schema.target_safe_name,
+                task=job.schema.task.value,
+                numeric=numeric,
+                categorical=categorical,
+                metric=run.metric,
+                budget_s=_search_budget(job.runtime_limit_s),
+                classes=list(job.schema.classes) or None,
+                positive_class=job.schema.positive_class,
+                options=run.options,
+                space=self._space,
+                stop_event=run.stop_event,
+                started=run.submitted_mono,
+                after_preprocess=self._after_preprocess,
+                on_trial=on_trial,
+            )
+        except NoModelTrainedError as exc:
+            error = exc
+        except BrokerError as exc:
+            error = InvalidRequestError(
+                str(exc),
+                provider=self.name,
+                provider_job_id=run.ref.job_id,
+                original_type=type(exc).__name__,
+            )
+        except Exception as exc:  # a failure of the trainer itself
+            logger.exception("local job %s failed", run.ref.job_id)
+            error = ProviderJobFailedError(
+                f"the local search failed: {type(exc).__name__}: {exc}",
+                provider=self.name,
+                provider_job_id=run.ref.job_id,
+                original_type=type(exc).__name__,
+            )
+
+        with run.lock:
+            run.search = search
+            run.error = error
+            run.ended_at = _now()
+            if error is not None:
+                run.state = JobState.FAILED
+            elif run.stop_event.is_set():
+                run.state = JobState.CANCELLED
+            else:
+                run.state = JobState.SUCCEEDED
+        logger.info("local job %s ended %s", run.ref.job_id, run.state.value)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _options(self, job: ProviderJob) -> SearchOptions:
+        from broker.local.search import SearchOptions
+
+        merged: dict[str, Any] = {"seed": job.spec.seed}
+        merged.update(job.spec.provider_options.get(self.name, {}))
+        merged.update(job.options)
+        try:
+            return SearchOptions.from_mapping(merged)
+        except BrokerError as exc:
+            raise InvalidRequestError(
+                str(exc), provider=self.name, original_type=type(exc).__name__
+            ) from None
+
+    def _run(self, ref: ProviderJobRef) -> _Run:
+        with self._lock:
+            run = self._runs.get(ref.job_id)
+        if run is None:
+            raise InvalidRequestError(
+                f"local job {ref.job_id!r} is not known to this process; local jobs do "
+                f"not survive a restart, submit it again",
+                provider=self.name,
+                provider_job_id=ref.job_id,
+            )
+        return run
+
+    def _join(self, run: _Run) -> None:
+        if run.thread is None or run.thread is threading.current_thread():
+            return
+        run.thread.join(self._cancel_wait_s)
+        if run.thread.is_alive():
+            logger.warning(
+                "local job %s did not stop within %.0f s; it ends at its next epoch",
+                run.ref.job_id,
+                self._cancel_wait_s,
+            )
+
+    def _model(self, run: _Run) -> TorchTabularModel:
+        if run.model is not None:
+            return run.model
+        if run.search is not None and run.search.best is not None:
+            run.model = run.search.best_model()
+        elif run.model_path is not None:
+            run.model = load_model(run.model_path)
+        else:
+            raise ProviderError(
+                f"local job {run.ref.job_id} has no trained model",
+                provider=self.name,
+                provider_job_id=run.ref.job_id,
+            )
+        return run.model
+
+    def _leaderboard(self, search: SearchResult) -> list[LeaderboardEntry]:
+        metric = search.metric
+        entries = [
+            LeaderboardEntry(
+                model_id=f"trial-{t.trial_number}",
+                provider=self.name,
+                algorithm="mlp",
+                validation_metrics={metric.name: _finite(t.score)},
+                training_time_s=t.training_time_s,
+                predict_time_per_row_s=t.predict_time_per_row_s,
+                params={**t.config, "epochs": t.epochs_run, "best_epoch": t.best_epoch},
+                notes=f"stopped by {t.stop_reason}",
+            )
+            for t in search.trials
+        ]
+        sign = -1.0 if metric.direction == "maximize" else 1.0
+
+        def rank(entry: LeaderboardEntry) -> tuple[bool, float]:
+            value = entry.validation_metrics[metric.name]
+            return (value is None, sign * value if value is not None else 0.0)
+
+        return sorted(entries, key=rank)
+
+
+def _feature_kinds(job: ProviderJob) -> tuple[list[str], list[str]]:
+    numeric, categorical = [], []
+    for column in job.schema.features:
+        if column.kind == ColumnKind.NUMERIC:
+            numeric.append(column.safe_name)
+        else:
+            # TODO(local-datetime): datetime and text columns are read as categories;
+            # calendar parts and token features would serve them better.
+            categorical.append(column.safe_name)
+    return numeric, categorical
+
+
+def _search_budget(runtime_limit_s: float) -> float:
+    """The search's share of the runtime limit; the rest is kept for export."""
+    return max(0.5, runtime_limit_s - min(10.0, 0.05 * runtime_limit_s))
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,114 @@
+"""Saving and loading local models."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from broker.errors import ConfigurationError
+from broker.local.export import TorchTabularModel, load_model
+from broker.local.network import NetworkConfig, TabularNet
+from broker.local.preprocess import TabularPreprocessor, TargetEncoder
+
+
+def _model(task: str = "binary") -> tuple[TorchTabularModel, pd.DataFrame]:
+    frame = pd.DataFrame(
+        {
+            "num": [0.1, 0.5, 0.9, np.nan, 0.3, 0.7],
+            "cat": ["a", "b", "a", "b", None, "a"],
+        }
+    )
+    pre = TabularPreprocessor.fit(frame, numeric=["num"], categorical=["cat"])
+    classes = ["no", "yes"] if task == "binary" else []
+    target = TargetEncoder(task, classes, mean=10.0, std=2.0)
+    network = NetworkConfig(
+        n_numeric=pre.n_numeric_inputs,
+        cardinalities=pre.cardinalities,
+        n_outputs=2 if task == "binary" else 1,
+        depth=2,
+        width=8,
+        norm="batch",
+    )
+    torch.manual_seed(0)
+    state = TabularNet(network).state_dict()
+    model = TorchTabularModel(
+        preprocessor=pre, target=target, network=network, state_dict=state
+    )
+    return model, frame
+
+
+def test_export_round_trip_gives_identical_probabilities(tmp_path: Path) -> None:
+    model, frame = _model()
+
+    folder = model.save(tmp_path / "model")
+    loaded = load_model(folder)
+
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "model.json",
+        "preprocess.json",
+        "weights.pt",
+    ]
+    np.testing.assert_allclose(loaded.predict_proba(frame), model.predict_proba(frame))
+    assert loaded.classes == ["no", "yes"]
+    assert loaded.predict_proba(frame).sum(axis=1) == pytest.approx(np.ones(6))
+
+
+def test_export_model_json_describes_format_features_and_architecture(
+    tmp_path: Path,
+) -> None:
+    model, _ = _model()
+
+    meta = json.loads((model.save(tmp_path) / "model.json").read_text())
+
+    assert meta["format"] == "torch-tabular"
+    assert meta["task"] == "binary"
+    assert meta["classes"] == ["no", "yes"]
+    assert meta["features"] == ["num", "cat"]
+    assert meta["architecture"]["depth"] == 2
+    assert meta["architecture"]["norm"] == "batch"
+
+
+def test_export_regression_predicts_on_the_target_scale(tmp_path: Path) -> None:
+    model, frame = _model("regression")
+
+    loaded = load_model(model.save(tmp_path))
+
+    raw = model._raw(frame)
+    np.testing.assert_allclose(loaded.predict(frame), raw * 2.0 + 10.0, rtol=1e-6)
+    assert loaded.classes is None
+
+
+def test_export_load_refuses_pickled_code_in_weights(tmp_path: Path) -> None:
+    model, _ = _model()
+    folder = model.save(tmp_path)
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("code ran",))
+
+    (folder / "weights.pt").write_bytes(pickle.dumps({"x": Payload()}, protocol=2))
+
+    # weights_only loading refuses arbitrary globals instead of calling them
+    with pytest.raises(ConfigurationError, match=r"not a plain tensor state dict"):
+        load_model(folder)
+
+
+def test_export_load_wrong_format_names_it(tmp_path: Path) -> None:
+    (tmp_path / "model.json").write_text(json.dumps({"format": "h2o-mojo"}))
+    (tmp_path / "preprocess.json").write_text("{}")
+
+    with pytest.raises(
+        ConfigurationError, match=r"format 'h2o-mojo', not 'torch-tabular'"
+    ):
+        load_model(tmp_path)
+
+
+def test_export_load_missing_folder_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"cannot read a saved local model"):
+        load_model(tmp_path / "absent")

@@ -1,0 +1,263 @@
+"""The local provider's job life cycle: submit, poll, cancel, result, predict."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from broker.errors import InvalidRequestError, NoModelTrainedError
+from broker.local.space import Categorical, SearchSpace
+from broker.providers import create_provider
+from broker.providers.base import ProviderJob, ProviderJobRef, ProviderStatus
+from broker.providers.local import LocalProvider, load_model
+from broker.schema import Column, ColumnKind, Schema
+from broker.spec import JobSpec, Task
+from broker.states import JobState
+
+SMALL = {
+    "depth": 1,
+    "width": 8,
+    "activation": "relu",
+    "dropout": 0.0,
+    "norm": "none",
+    "embedding_dim": 2,
+    "learning_rate": 1e-2,
+    "weight_decay": 0.0,
+    "batch_size": 16,
+}
+
+
+def _space() -> SearchSpace:
+    return SearchSpace(
+        params={
+            "width": Categorical([4, 8]),
+            "activation": Categorical(["relu", "gelu"]),
+        },
+        fixed=SMALL,
+    )
+
+
+def _frame(n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=n)
+    return pd.DataFrame(
+        {
+            "f_a": a,
+            "f_color": rng.choice(["red", "blue"], size=n),
+            "label": np.where(a > 0, "yes", "no"),
+        }
+    )
+
+
+def _job(
+    tmp_path: Path,
+    *,
+    n: int = 40,
+    runtime_limit_s: float = 60,
+    options: dict[str, object] | None = None,
+    key: str = "key-1",
+) -> ProviderJob:
+    frame = _frame(n)
+    schema = Schema(
+        columns=(
+            Column("a", "f_a", ColumnKind.NUMERIC),
+            Column("color", "f_color", ColumnKind.CATEGORICAL),
+            Column("label", "label", ColumnKind.TARGET),
+        ),
+        target="label",
+        target_safe_name="label",
+        task=Task.BINARY,
+        classes=("no", "yes"),
+        positive_class="yes",
+        n_rows=n,
+    )
+    spec = JobSpec(data=frame, target="label", task=Task.BINARY, seed=0)
+    return ProviderJob(
+        job_id="job-1",
+        idempotency_key=key,
+        spec=spec,
+        schema=schema,
+        train=frame,
+        machine=None,
+        region=None,
+        runtime_limit_s=runtime_limit_s,
+        run_dir=tmp_path,
+        options={"max_trials": 3, "max_epochs": 1, **(options or {})},
+    )
+
+
+def _wait(provider: LocalProvider, ref: ProviderJobRef) -> list[ProviderStatus]:
+    seen = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = provider.poll(ref)
+        seen.append(status)
+        if status.state.terminal:
+            return seen
+        time.sleep(0.02)
+    raise AssertionError(f"job did not end: {seen[-1]}")
+
+
+def _alive(ref: ProviderJobRef) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(ref.job_id)]
+
+
+def test_local_provider_registry_name_kind_and_availability() -> None:
+    provider = create_provider("local")
+
+    availability = provider.availability()
+
+    assert isinstance(provider, LocalProvider)
+    assert (provider.name, provider.kind) == ("local", "local")
+    assert availability.available is True
+    assert availability.reason.startswith(("CPU with", "CUDA device"))
+
+
+def test_local_provider_runs_three_trials_to_succeeded(tmp_path: Path) -> None:
+    provider = LocalProvider(space=_space())
+    job = _job(tmp_path)
+
+    ref = provider.submit(job)
+    statuses = _wait(provider, ref)
+    result = provider.result(ref, job)
+
+    states = [s.state for s in statuses]
+    assert states[-1] == JobState.SUCCEEDED
+    assert set(states) <= {JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED}
+    assert statuses[-1].progress == 1.0
+    assert str(statuses[-1].message).startswith(
+        "3 trial(s) done, best validation roc_auc"
+    )
+    assert sorted(e.model_id for e in result.leaderboard) == [
+        "trial-1",
+        "trial-2",
+        "trial-3",
+    ]
+    assert _alive(ref) == []
+
+
+def test_local_provider_leaderboard_is_sorted_best_first(tmp_path: Path) -> None:
+    provider = LocalProvider(space=_space())
+    job = _job(tmp_path, n=200, options={"max_epochs": 3})
+
+    ref = provider.submit(job)
+    _wait(provider, ref)
+    result = provider.result(ref, job)
+
+    scores = [float(e.validation_metrics["roc_auc"] or 0) for e in result.leaderboard]
+    assert scores == sorted(scores, reverse=True)
+    assert result.best_model_id == result.leaderboard[0].model_id
+    entry = result.leaderboard[0]
+    assert entry.algorithm == "mlp"
+    assert entry.provider == "local"
+    assert entry.training_time_s is not None and entry.training_time_s > 0
+    assert entry.predict_time_per_row_s is not None
+    assert entry.params["epochs"] == 3
+
+
+def test_local_provider_exports_a_model_that_loads_and_agrees(tmp_path: Path) -> None:
+    provider = LocalProvider(space=_space())
+    job = _job(tmp_path)
+    ref = provider.submit(job)
+    _wait(provider, ref)
+
+    result = provider.result(ref, job)
+    features = job.train.drop(columns="label")
+    from_provider = provider.predict(ref, job, features)
+    assert result.model_path is not None
+    loaded = load_model(result.model_path)
+
+    assert result.model_path == tmp_path / "model"
+    assert result.model_format == "torch-tabular"
+    assert from_provider.shape == (40, 2)
+    np.testing.assert_allclose(loaded.predict_proba(features), from_provider)
+    assert set(loaded.predict(features)) <= {"no", "yes"}
+
+
+def test_local_provider_same_idempotency_key_attaches(tmp_path: Path) -> None:
+    provider = LocalProvider(space=_space())
+    job = _job(tmp_path)
+
+    first = provider.submit(job)
+    second = provider.submit(job)
+    _wait(provider, first)
+
+    assert second == first
+    assert provider.find_by_idempotency_key("key-1") == first
+    assert provider.find_by_idempotency_key("other") is None
+
+
+def test_local_provider_cancel_stops_the_run_and_is_idempotent(tmp_path: Path) -> None:
+    provider = LocalProvider(space=SearchSpace(params={}, fixed=SMALL))
+    job = _job(
+        tmp_path,
+        n=400,
+        options={"max_trials": None, "max_epochs": 100_000, "patience": 100_000},
+    )
+    ref = provider.submit(job)
+    while provider.poll(ref).state != JobState.RUNNING:
+        time.sleep(0.01)
+
+    started = time.monotonic()
+    provider.cancel(ref)
+    provider.cancel(ref)
+
+    assert time.monotonic() - started < 2
+    assert provider.poll(ref).state == JobState.CANCELLED
+    assert _alive(ref) == []
+
+
+def test_local_provider_budget_spent_in_preprocessing_fails_the_job(
+    tmp_path: Path,
+) -> None:
+    provider = LocalProvider(space=_space(), after_preprocess=lambda: time.sleep(2.0))
+    job = _job(tmp_path, n=50, runtime_limit_s=1)
+
+    ref = provider.submit(job)
+    final = _wait(provider, ref)[-1]
+
+    assert final.state == JobState.FAILED
+    assert isinstance(final.error, NoModelTrainedError)
+    assert final.error.reason == "budget_exhausted"
+    assert final.error.budget_s == pytest.approx(0.95)
+    assert (final.error.elapsed_s or 0) >= 2.0
+    assert (final.error.suggested_min_budget_s or 0) >= 10
+    with pytest.raises(NoModelTrainedError, match=r"before training any model"):
+        provider.result(ref, job)
+
+
+def test_local_provider_bad_option_is_refused_at_submit(tmp_path: Path) -> None:
+    provider = LocalProvider()
+
+    with pytest.raises(
+        InvalidRequestError, match=r"strategy 'evolution' is not available"
+    ):
+        provider.submit(_job(tmp_path, options={"strategy": "evolution"}))
+
+
+def test_local_provider_unknown_ref_is_an_invalid_request() -> None:
+    provider = LocalProvider()
+    ref = ProviderJobRef(provider="local", job_id="local-none", idempotency_key="k")
+
+    with pytest.raises(InvalidRequestError, match=r"'local-none' is not known"):
+        provider.poll(ref)
+
+
+def test_local_provider_close_joins_running_jobs(tmp_path: Path) -> None:
+    provider = LocalProvider(space=SearchSpace(params={}, fixed=SMALL))
+    job = _job(
+        tmp_path,
+        n=400,
+        options={"max_trials": None, "max_epochs": 100_000, "patience": 100_000},
+    )
+    ref = provider.submit(job)
+
+    provider.close()
+
+    assert provider.poll(ref).state == JobState.CANCELLED
+    assert _alive(ref) == []
