@@ -165,6 +165,7 @@ def _make_broker(
         pending_timeout_s=config.pending_timeout_s,
         local_rate_usd_per_hour=config.local_rate_usd_per_hour,
         on_event=on_event,
+        monthly_budgets=config.monthly_budget_usd,
     )
 
 
@@ -466,6 +467,7 @@ def run(
                     + " on 127.0.0.1"
                 )
             broker = _make_broker(load_config(config), on_event, fake_providers)
+            stack.callback(broker.close)
             result = broker.run(job_spec, run_dir=out)
     except BrokerError as exc:
         progress.stop()
@@ -514,9 +516,16 @@ def predict(
 
 
 def _register_commands() -> None:
-    from broker.commands import money
+    from broker.commands import jobs, money
 
     money.register(app)
+    jobs.register(app, make_broker=_broker_from_config)
+
+
+def _broker_from_config(config_path: Path | None) -> Broker:
+    from broker.config import load_config
+
+    return _make_broker(load_config(config_path))
 
 
 _register_commands()

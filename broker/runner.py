@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import socket
 import uuid
 import warnings
 from collections.abc import Callable
@@ -23,11 +26,12 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.errors import (
     BrokerError,
+    CredentialsError,
     CredentialsExpiredError,
     InputError,
     JobConflictError,
@@ -36,7 +40,9 @@ from broker.errors import (
     PlanningError,
     ProviderError,
     ProviderJobFailedError,
+    ProviderUnavailableError,
     ProviderWarning,
+    QuotaExceededError,
 )
 from broker.predict import HOLDOUT_FILE
 from broker.providers import Provider, create_provider
@@ -53,11 +59,39 @@ from broker.states import JobState
 if TYPE_CHECKING:
     from broker.intake import Dataset, HoldoutSplit
     from broker.planner import Candidate, Plan
-    from broker.store import JobStore
+    from broker.store import AttemptRecord, JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
 
 EventHook = Callable[[str, dict[str, Any]], None]
+
+CRASH_ENV = "AUTOML_BROKER_CRASH_AT"
+# The key of the event detail that records a user's cancel request in the store.
+CANCEL_REQUESTED = "cancel_requested_by"
+_crash_hits: dict[str, int] = {}
+
+
+def _crash_point(step: str) -> None:
+    """Test hook: kill this process here when ``AUTOML_BROKER_CRASH_AT`` names `step`.
+
+    Crash tests set ``AUTOML_BROKER_CRASH_AT=after_submit`` (die the first time the
+    step is reached) or ``after_submit:3`` (the third time), then check that a new
+    process resumes the job correctly. The steps: ``after_start_attempt``,
+    ``after_submit``, ``after_set_ref``, ``after_running``, ``after_result``,
+    ``after_set_result``. With the variable unset this is one environment lookup.
+    """
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    if name != step:
+        return
+    _crash_hits[step] = _crash_hits.get(step, 0) + 1
+    if _crash_hits[step] >= int(count or 1):
+        kill = getattr(signal, "SIGKILL", None)
+        if kill is not None:
+            os.kill(os.getpid(), kill)
+        os._exit(137)
 
 
 @dataclass
@@ -68,9 +102,8 @@ class Prepared:
     dataset: Dataset
     split: HoldoutSplit
     plan: Plan
-    holdout: Dataset | None = (
-        None  # a separate labelled test set, when the spec gives one
-    )
+    holdout: Dataset | None = None  # a separate labelled test set, when given
+    started: float | None = None  # clock time when intake began, for the runtime budget
 
 
 @dataclass
@@ -84,6 +117,7 @@ class _Attempt:
     accrued_usd: Decimal = Decimal("0")
     charged_usd: Decimal | None = None  # what the provider billed, once known
     cancel_sent: bool = False
+    resumed: bool = False  # picked up from the store by a restarted broker
 
 
 class Broker:
@@ -101,6 +135,10 @@ class Broker:
         max_retries: tries of a call that failed with a retryable error.
         backoff_s: first wait between retries; doubles each time.
         on_event: called with (kind, payload) for progress display.
+        lease_s: how long this broker's claim on a job lasts unless renewed (it is
+            renewed at every poll); another process may take the job over after it.
+        monthly_budgets: the month's dollar budget per project (key None: every job
+            together); the planner rejects candidates that would pass what is left.
     """
 
     def __init__(
@@ -117,6 +155,8 @@ class Broker:
         catalog: Any = None,
         local_rate_usd_per_hour: Decimal | None = None,
         on_event: EventHook | None = None,
+        lease_s: float = 300.0,
+        monthly_budgets: dict[str | None, Decimal] | None = None,
     ) -> None:
         self._store = store
         self._providers: dict[str, Provider] = dict(providers or {})
@@ -130,6 +170,12 @@ class Broker:
         self.local_rate_usd_per_hour = local_rate_usd_per_hour
         self._on_event = on_event
         self._cancel_requests: set[str] = set()
+        # The lease must outlast the wait between two polls, when it is renewed.
+        self._lease_s = max(lease_s, 3 * poll_interval_s)
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._driving: set[str] = set()
+        self._created: list[str] = []  # providers this broker made, closed by close()
+        self.monthly_budgets = dict(monthly_budgets or {})
 
     # --- public API --------------------------------------------------------------------
 
@@ -144,15 +190,30 @@ class Broker:
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
             settings = dict(self._settings.get(name, {}))
-            if name == "local" and self.local_rate_usd_per_hour is not None:
-                settings.setdefault("rate_usd_per_hour", self.local_rate_usd_per_hour)
             self._providers[name] = create_provider(name, **settings)
+            self._created.append(name)
         return self._providers[name]
+
+    def close(self) -> None:
+        """Release what the providers this broker created hold (a JVM, sessions)."""
+        for name in self._created:
+            try:
+                self._providers[name].close()
+            except Exception as exc:  # closing must not hide the run's own outcome
+                logger.warning("closing %s failed: %s", name, exc)
+        self._created.clear()
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def prepare(self, spec: JobSpec) -> Prepared:
         """Intake and planning: everything that happens before any money is spent."""
         from broker import intake
 
+        started = self.clock.monotonic()
         dataset = intake.load_dataset(spec)
         holdout = None
         if spec.holdout_data is not None:
@@ -160,7 +221,12 @@ class Broker:
         split = intake.split_holdout(dataset, spec.holdout_fraction, spec.seed)
         plan = self.plan_for(spec, dataset)
         return Prepared(
-            spec=spec, dataset=dataset, split=split, plan=plan, holdout=holdout
+            spec=spec,
+            dataset=dataset,
+            split=split,
+            plan=plan,
+            holdout=holdout,
+            started=started,
         )
 
     def plan_for(self, spec: JobSpec, dataset: Dataset) -> Plan:
@@ -169,21 +235,42 @@ class Broker:
 
         allowed = spec.constraints.providers or list(PROVIDER_NAMES)
         availability = {}
+        placements = {}
         for name in PROVIDER_NAMES:
             if name not in allowed:
                 continue
             try:
-                availability[name] = self.provider(name).availability()
+                provider = self.provider(name)
+                availability[name] = provider.availability()
+                placements[name] = provider.placement()
             except (ProviderError, ImportError) as exc:
                 from broker.providers.base import Availability
 
                 availability[name] = Availability(False, f"cannot be loaded: {exc}")
-        kwargs: dict[str, Any] = {"availability": availability}
+        kwargs: dict[str, Any] = {
+            "availability": availability,
+            "placements": placements,
+        }
+        month = self._month_budget(spec)
+        if month is not None:
+            kwargs["month_budget_left_usd"] = month
         if self.catalog is not None:
             kwargs["catalog"] = self.catalog
         if self.local_rate_usd_per_hour is not None:
             kwargs["local_rate_usd_per_hour"] = self.local_rate_usd_per_hour
         return make_plan(spec, dataset.schema, **kwargs)
+
+    def _month_budget(self, spec: JobSpec) -> Decimal | None:
+        """What is left of the month's budget that applies to the spec's project."""
+        from broker.planner import monthly_budget_left
+
+        if spec.project is not None and spec.project in self.monthly_budgets:
+            budget, project = self.monthly_budgets[spec.project], spec.project
+        elif None in self.monthly_budgets:
+            budget, project = self.monthly_budgets[None], None
+        else:
+            return None
+        return monthly_budget_left(self.store, budget, project=project)
 
     def run(
         self,
@@ -195,11 +282,19 @@ class Broker:
     ) -> JobResult:
         """Run the job to the end and return its result.
 
+        The job is written to the store, under `idempotency_key`, before any provider
+        is called. Running again with a key that already names a job (a retry after a
+        crash, or a second process racing the first) starts nothing new: the call
+        attaches to that job. It returns the job's stored result when it has ended,
+        resumes it when nobody drives it, and otherwise waits for the process that
+        drives it and returns the same result.
+
         Raises:
             InputError: the data or spec is wrong (before anything is submitted).
             PlanningError: no candidate is feasible.
             NoModelTrainedError: every candidate ran out of budget before a model finished.
             ProviderError: a provider failed in a way that must not fail over.
+            JobConflictError: the key already belongs to a job with another spec.
         """
         prepared = prepared or self.prepare(spec)
         plan = prepared.plan
@@ -218,36 +313,410 @@ class Broker:
             run_dir=str(folder),
             name=spec.name,
             job_id=new_id,
+            project=spec.project,
         )
-        job_id = record.job_id
-        if job_id != new_id:
-            raise JobConflictError(
-                f"idempotency key {key!r} already belongs to job {job_id}; resume that "
-                f"job (`automl-broker resume {job_id}`) or use a new key"
+        if record.job_id != new_id:
+            logger.info(
+                "job %s: idempotency key %r already names this job; attaching to it",
+                record.job_id,
+                key,
             )
-        folder.mkdir(parents=True, exist_ok=True)
-        self.store.set_plan(job_id, plan.to_dict())
-        self._write_inputs(folder, prepared)
-        self._emit("plan", {"job_id": job_id, "plan": plan, "run_dir": folder})
+        return self._attach(record.job_id, prepared)
 
+    def cancel(self, job_id: str) -> bool:
+        """Ask for a job to be cancelled, from this process or any other.
+
+        The request is written to the store. The process driving the job sees it at
+        its next poll and sends the one cancel to the provider. When no live process
+        drives the job (it crashed, or was never resumed), this call sends the cancel
+        itself and leaves the job ``cancelling``; `resume` then follows it to the end.
+
+        Returns:
+            True when the cancel was newly asked for or sent; False when the job has
+            already ended or a cancel is already on its way (a second cancel is a
+            no-op).
+        """
+        record = self.store.get(job_id)
+        if record.terminal:
+            logger.info(
+                "job %s: cancel is a no-op (state %s)", job_id, record.state.value
+            )
+            return False
+        requested = self._note_cancel(record)
+        if job_id in self._driving:
+            return requested  # our own loop sends it at its next poll
+        if not self._claim(job_id):
+            logger.info("job %s: cancel left to its driver %s", job_id, record.owner)
+            return requested
+        try:
+            sent = self._cancel_unattended(job_id)
+        finally:
+            self.store.release(job_id, self.owner)
+        return requested or sent
+
+    @overload
+    def resume(self, job_id: str) -> JobResult: ...
+
+    @overload
+    def resume(self, job_id: None = None) -> list[JobResult]: ...
+
+    def resume(self, job_id: str | None = None) -> JobResult | list[JobResult]:
+        """Pick up jobs that a stopped broker left unfinished, without submitting twice.
+
+        An attempt whose provider job is known is reattached and followed to the end;
+        an attempt recorded before its submit was answered is looked up by its
+        idempotency key first, and submitted only when the provider has no such job;
+        an attempt that ended before the job's end was written is finished from the
+        provider's result; a job between attempts goes on with the next candidate.
+
+        Args:
+            job_id: The job to resume. None resumes every unfinished job whose lease
+                this broker can claim, oldest first, and skips the others.
+
+        Returns:
+            The job's result, or, without `job_id`, the results of the jobs resumed.
+
+        Raises:
+            InputError: the job has already ended, or it must be submitted again and
+                its data cannot be read back.
+            JobConflictError: another live process drives the job.
+        """
+        if job_id is not None:
+            return self._resume_one(job_id)
+
+        results: list[JobResult] = []
+        for record in self.store.unfinished_jobs():
+            try:
+                results.append(self._resume_one(record.job_id))
+            except JobConflictError as exc:
+                logger.info("job %s: not resumed: %s", record.job_id, exc)
+            except BrokerError as exc:
+                logger.warning("job %s: resume ended with %s", record.job_id, exc)
+        return results
+
+    # --- leases and attaching ------------------------------------------------------------
+
+    @property
+    def owner(self) -> str:
+        """This broker's name on the leases it takes: ``host:pid:random``."""
+        return self._owner
+
+    def _claim(self, job_id: str) -> bool:
+        """Take the job's lease; a lease left by a dead process on this host is taken
+        over at once instead of waiting for it to expire."""
+        record = self.store.get(job_id)
+        holder = record.owner
+        # TODO(lease-hosts): a holder on another host is only known dead once its
+        # lease expires (lease_s); there is no cross-host liveness check.
+        if holder and holder != self.owner and not _owner_alive(holder):
+            logger.info("job %s: lease holder %s is gone; taking over", job_id, holder)
+            self.store.release(job_id, holder)
+        return self.store.claim(job_id, self.owner, self._lease_s)
+
+    def _renew(self, job_id: str) -> None:
+        if not self.store.renew(job_id, self.owner, self._lease_s):
+            holder = self.store.get(job_id).owner or "nobody"
+            raise JobConflictError(
+                f"job {job_id}: this broker lost its lease (now held by {holder}); "
+                "it stops driving the job so that only one process does"
+            )
+
+    def _attach(self, job_id: str, prepared: Prepared | None) -> JobResult:
+        """Drive the job when its lease is free; otherwise wait for its driver to end
+        it (taking over if the driver dies) and return the stored outcome."""
+        waiting = False
+        while True:
+            record = self.store.get(job_id)
+            if record.terminal:
+                return _stored_outcome(record)
+            if self._claim(job_id):
+                return self._drive_claimed(job_id, prepared)
+            if not waiting:
+                waiting = True
+                logger.info(
+                    "job %s: driven by %s; waiting for it to end", job_id, record.owner
+                )
+            self.clock.sleep(self.poll_interval_s)
+
+    def _resume_one(self, job_id: str) -> JobResult:
+        record = self.store.get(job_id)
+        if record.terminal:
+            raise InputError(
+                f"job {job_id} has already ended ({record.state.value}); "
+                f"`automl-broker status {job_id}` shows its result"
+            )
+        if not self._claim(job_id):
+            record = self.store.get(job_id)
+            raise JobConflictError(
+                f"job {job_id} is driven by {record.owner} (lease until "
+                f"{record.lease_expires_at}); `automl-broker status {job_id} --watch` "
+                "follows it"
+            )
+        return self._drive_claimed(job_id, None)
+
+    def _drive_claimed(self, job_id: str, prepared: Prepared | None) -> JobResult:
+        self._driving.add(job_id)
+        try:
+            return self._drive(job_id, prepared)
+        finally:
+            self._driving.discard(job_id)
+            self.store.release(job_id, self.owner)
+
+    def _drive(self, job_id: str, prepared: Prepared | None) -> JobResult:
+        """Take a leased job from wherever the store says it stands to its end."""
+        record = self.store.get(job_id)
+        if record.terminal:
+            return _stored_outcome(record)
+        if not record.run_dir:
+            raise InputError(f"job {job_id} has no run folder recorded; run it again")
+        folder = Path(record.run_dir)
+        key = record.idempotency_key
+        attempts = self.store.attempts(job_id)
+        failovers = [
+            FailoverRecord.model_validate(a.failover) for a in attempts if a.failover
+        ]
+
+        # 1. Nothing tried yet: a fresh job (or one that died before its first try).
+        if not attempts:
+            prepared = prepared or self._reprepare(record, need_training=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.store.set_plan(job_id, prepared.plan.to_dict())
+            self._write_inputs(folder, prepared)
+            self._emit(
+                "plan", {"job_id": job_id, "plan": prepared.plan, "run_dir": folder}
+            )
+            return self._walk(job_id, key, prepared, folder, 1, failovers)
+
+        # 2. The last attempt was given up: go on with the next candidate.
+        last = attempts[-1]
+        given_up = last.failover is not None or (
+            last.state == JobState.FAILED and last.provider_ref is None
+        )
+        if given_up:
+            prepared = prepared or self._reprepare(record, need_training=True)
+            return self._walk(job_id, key, prepared, folder, last.seq + 1, failovers)
+
+        # 3. An attempt in flight, or one that ended before the job's end was written.
+        prepared = prepared or self._reprepare(
+            record, need_training=last.provider_ref is None
+        )
+        attempt = self._reattach(record, last, prepared, folder)
+        return self._walk(
+            job_id, key, prepared, folder, last.seq, failovers, resumed=attempt
+        )
+
+    def _reattach(
+        self, record: JobRecord, found: AttemptRecord, prepared: Prepared, folder: Path
+    ) -> _Attempt:
+        from broker.intake import to_safe_frame
+
+        spec = prepared.spec
+        candidate = _StoredCandidate(
+            provider=found.provider,
+            machine=found.machine,
+            region=found.region,
+            quote=_stored_quote(found.quote),
+            rank_reason="resumed",
+        )
+        train = prepared.dataset.frame.loc[prepared.split.train_index]
+        job = ProviderJob(
+            job_id=record.job_id,
+            idempotency_key=found.idempotency_key,
+            spec=spec,
+            schema=prepared.dataset.schema,
+            train=to_safe_frame(train, prepared.dataset.schema, include_target=True),
+            machine=found.machine,
+            region=found.region,
+            runtime_limit_s=float(spec.budget.max_runtime_s),
+            run_dir=folder,
+            max_usd=self._budget_left_usd(record.job_id, spec, found.attempt_id),
+            options=dict(spec.provider_options.get(found.provider, {})),
+        )
+        ref = ProviderJobRef(**found.provider_ref) if found.provider_ref else None
+        cancelling = JobState.CANCELLING in (found.state, record.state)
+        attempt = _Attempt(
+            candidate=candidate,  # type: ignore[arg-type]
+            provider=self.provider(found.provider),
+            job=job,
+            attempt_id=found.attempt_id,
+            ref=ref,
+            states=[found.state],
+            cancel_sent=cancelling and ref is not None,
+            resumed=True,
+        )
+        logger.info(
+            "job %s: reattaching to %s job %s (attempt %d, %s)",
+            record.job_id,
+            found.provider,
+            ref.job_id if ref else "not yet known",
+            found.seq,
+            found.state.value,
+        )
+        return attempt
+
+    def _reprepare(self, record: JobRecord, *, need_training: bool) -> Prepared:
+        """Rebuild what a stopped broker had in memory, from the spec's data file (to
+        submit) or from the run folder's held-out rows (enough to score)."""
+        payload = _without_masked(record.spec)
+        data = payload.get("data")
+        holdout = payload.get("holdout_data")
+        readable = isinstance(data, str) and Path(data).is_file()
+        if holdout is not None and not (
+            isinstance(holdout, str) and Path(holdout).is_file()
+        ):
+            readable = False
+        folder = Path(record.run_dir or "")
+        if readable:
+            from broker.spec import parse_spec
+
+            # TODO(resume-plan): the plan is made again (same spec, today's prices and
+            # availability) rather than read back from the store, so the candidates
+            # after a failover may differ from the ones first shown.
+            prepared = self.prepare(parse_spec(payload))
+            _check_split(record.job_id, folder, prepared)
+            return prepared
+        if need_training:
+            raise InputError(
+                f"job {record.job_id} must be submitted again, but its data "
+                f"{data!r} cannot be read back (an in-memory table, or a file that "
+                "moved); run the job again with `automl-broker run`"
+            )
+        if not (folder / HOLDOUT_FILE).is_file():
+            raise InputError(
+                f"job {record.job_id}'s run folder {record.run_dir!r} is gone; it "
+                "holds the held-out rows needed to score the model"
+            )
+        return _prepared_from_folder(folder, payload)
+
+    # --- cancel requests -----------------------------------------------------------------
+
+    def _note_cancel(self, record: JobRecord) -> bool:
+        """Write the cancel request to the store once; True when it is new."""
+        if record.job_id in self._cancel_requests or self._cancel_recorded(
+            record.job_id
+        ):
+            return False
+        self._cancel_requests.add(record.job_id)
+        self.store.transition(
+            record.job_id,
+            record.state,
+            secondary=record.secondary,
+            detail={CANCEL_REQUESTED: self.owner},
+        )
+        logger.info("job %s: cancel requested", record.job_id)
+        return True
+
+    def _cancel_recorded(self, job_id: str) -> bool:
+        return any(
+            e.detail is not None and CANCEL_REQUESTED in e.detail
+            for e in self.store.events(job_id)
+        )
+
+    def _cancel_wanted(self, job_id: str) -> bool:
+        return job_id in self._cancel_requests or self._cancel_recorded(job_id)
+
+    def _cancel_unattended(self, job_id: str) -> bool:
+        """Cancel a job nobody drives (the lease is held): stop its provider job once,
+        or end the job at once when nothing was submitted."""
+        record = self.store.get(job_id)
+        attempts = self.store.attempts(job_id)
+        last = attempts[-1] if attempts else None
+        if last is None or (last.state.terminal and last.provider_ref is None):
+            self.store.transition(job_id, JobState.CANCELLED)
+            return True
+        if last.state == JobState.CANCELLING or record.state == JobState.CANCELLING:
+            return False
+
+        provider = self.provider(last.provider)
+        ref_data = last.provider_ref
+        if ref_data is None:
+            found = provider.find_by_idempotency_key(last.idempotency_key)
+            if found is None:
+                # Nothing reached the provider: nothing runs, nothing bills.
+                self.store.finish_attempt(
+                    last.attempt_id, state=JobState.CANCELLED, cost_usd=None
+                )
+                self.store.transition(job_id, JobState.CANCELLED)
+                return True
+            ref_data = _ref_dict(found)
+            self.store.set_provider_ref(last.attempt_id, ref_data, found.job_id)
+        ref = ProviderJobRef(**ref_data)
+
+        provider.cancel(ref)
+        if record.state == JobState.PENDING:
+            self.store.transition(job_id, JobState.QUEUED, attempt_id=last.attempt_id)
+        self.store.transition(job_id, JobState.CANCELLING, attempt_id=last.attempt_id)
+        logger.info(
+            "job %s: no broker drives it; sent the cancel to %s job %s",
+            job_id,
+            provider.name,
+            ref.job_id,
+        )
+        return True
+
+    # --- walking the plan ----------------------------------------------------------------
+
+    def _walk(
+        self,
+        job_id: str,
+        key: str,
+        prepared: Prepared,
+        folder: Path,
+        first_number: int,
+        failovers: list[FailoverRecord],
+        *,
+        resumed: _Attempt | None = None,
+    ) -> JobResult:
+        """Try the plan's candidates from `first_number` on (after `resumed`, the
+        attempt a restarted broker picked up) until one ends the job."""
         from broker import reports
 
+        spec = prepared.spec
         started = self.clock.monotonic()
-        failovers: list[FailoverRecord] = []
         last_error: BrokerError | None = None
-        spent_usd = Decimal("0")
-        for number, candidate in enumerate(plan.candidates, start=1):
-            attempt = self._new_attempt(
-                prepared, candidate, job_id, key, number, folder
-            )
+        spent_usd = sum(
+            (a.cost_usd or Decimal("0") for a in self.store.attempts(job_id)),
+            Decimal("0"),
+        )
+        number = first_number
+        excluded: list[tuple[str, str | None, str | None]] = []
+        while True:
+            if resumed is not None:
+                attempt, resumed = resumed, None
+            else:
+                candidate = _candidate(prepared, number)
+                if candidate is None:
+                    break
+                if _is_excluded(candidate, excluded):
+                    logger.info(
+                        "job %s: skipping %s (%s, %s) after an earlier failure there",
+                        job_id,
+                        candidate.provider,
+                        candidate.machine,
+                        candidate.region,
+                    )
+                    number += 1
+                    continue
+                attempt = self._new_attempt(
+                    prepared, candidate, job_id, key, number, folder
+                )
+            number += 1
+            # TODO(local-resume): when `attempt.candidate.provider == "local"` and the
+            # attempt is resumed, hand the local search the run folder's completed
+            # trials so that it goes on from the last one instead of starting over;
+            # the local backend (broker/local/search.py) has no resume entry point yet.
             try:
-                result = self._run_attempt(attempt, prepared, folder, started)
+                if attempt.resumed:
+                    result = self._resume_attempt(attempt, prepared, folder, started)
+                else:
+                    result = self._run_attempt(attempt, prepared, folder, started)
             except ProviderError as exc:
                 last_error = exc
                 if not exc.failover_allowed:
                     self._fail(job_id, attempt, exc)
                     raise
                 failovers.append(self._record_failover(job_id, attempt, exc))
+                excluded.append(_exclusion(attempt.candidate, exc))
                 continue
             except NoModelTrainedError as exc:
                 # Fail over only while budget remains: money already charged counts.
@@ -260,6 +729,7 @@ class Broker:
                     self._fail(job_id, attempt, exc)
                     raise
                 failovers.append(self._record_failover(job_id, attempt, exc))
+                excluded.append(_exclusion(attempt.candidate, exc))
                 continue
             result.failovers = failovers
             result.job_id = job_id
@@ -270,102 +740,18 @@ class Broker:
             self._finish(job_id, attempt, result, folder)
             return result
 
-        error = {"type": type(last_error).__name__, "message": str(last_error)}
+        error = {
+            "type": type(last_error).__name__ if last_error else "PlanningError",
+            "message": str(last_error) if last_error else "no candidate was left",
+        }
         self.store.set_result(job_id, {"error": error, "failovers": len(failovers)})
         self.store.transition(job_id, JobState.FAILED, error=error)
         if isinstance(last_error, NoModelTrainedError):
             raise last_error
         raise PlanningError(
-            "every candidate failed; last error: "
-            f"{type(last_error).__name__}: {last_error}",
+            f"every candidate failed; last error: {error['type']}: {error['message']}",
             rejections=[f.model_dump(mode="json") for f in failovers],
         )
-
-    def cancel(self, job_id: str) -> bool:
-        """Ask for a running job to be cancelled; the broker loop sends the one cancel.
-
-        Returns:
-            True when the cancel was newly asked for; False when the job has already
-            ended or a cancel is already on its way (a second cancel is a no-op).
-        """
-        record = self.store.get(job_id)
-        if record.state.terminal or job_id in self._cancel_requests:
-            logger.info(
-                "job %s: cancel is a no-op (state %s)", job_id, record.state.value
-            )
-            return False
-        # TODO(cross-process-cancel): a cancel reaches only a loop in this process; a
-        # loop in another process should see it through the store.
-        self._cancel_requests.add(job_id)
-        return True
-
-    def resume(self, job_id: str) -> JobResult:
-        """Reattach to a job whose provider job was left running (the broker stopped or
-        the credentials expired) and follow it to the end, without submitting again."""
-        from broker.intake import to_safe_frame
-
-        record = self.store.get(job_id)
-        open_attempts = [
-            a
-            for a in self.store.attempts(job_id)
-            if a.provider_ref and (not a.state.terminal)
-        ]
-        if not open_attempts:
-            raise InputError(
-                f"job {job_id} has no provider job to reattach to (state "
-                f"{record.state.value}); start a new run instead"
-            )
-        if not record.run_dir or not Path(record.run_dir).is_dir():
-            raise InputError(
-                f"job {job_id}'s run folder {record.run_dir!r} is gone; it holds the "
-                "held-out rows needed to score the model"
-            )
-        found = open_attempts[-1]
-        folder = Path(record.run_dir)
-        prepared = _prepared_from_folder(folder, record.spec)
-        candidate = _StoredCandidate(
-            provider=found.provider,
-            machine=found.machine,
-            region=found.region,
-            quote=SimpleNamespace(**found.quote),
-            rank_reason="resumed",
-        )
-        job = ProviderJob(
-            job_id=job_id,
-            idempotency_key=found.idempotency_key,
-            spec=prepared.spec,
-            schema=prepared.dataset.schema,
-            train=to_safe_frame(
-                prepared.dataset.frame.iloc[0:0], prepared.dataset.schema
-            ),
-            machine=found.machine,
-            region=found.region,
-            runtime_limit_s=float(prepared.spec.budget.max_runtime_s),
-            run_dir=folder,
-            max_usd=prepared.spec.budget.max_usd,
-        )
-        ref_data = dict(found.provider_ref or {})
-        attempt = _Attempt(
-            candidate=candidate,  # type: ignore[arg-type]
-            provider=self.provider(found.provider),
-            job=job,
-            attempt_id=found.attempt_id,
-            ref=ProviderJobRef(**ref_data),
-            states=[found.state],
-        )
-        logger.info(
-            "job %s: reattaching to %s job %s",
-            job_id,
-            found.provider,
-            attempt.ref.job_id if attempt.ref else "?",
-        )
-        started = self.clock.monotonic()
-        result = self._complete(attempt, prepared, started)
-        result.job_id = job_id
-        if result.state == JobState.DETACHED.value:
-            return result
-        self._finish(job_id, attempt, result, folder)
-        return result
 
     # --- one attempt -------------------------------------------------------------------
 
@@ -392,9 +778,9 @@ class Broker:
             train=to_safe_frame(train, prepared.dataset.schema, include_target=True),
             machine=candidate.machine,
             region=candidate.region,
-            runtime_limit_s=float(spec.budget.max_runtime_s),
+            runtime_limit_s=self._runtime_for(prepared, candidate, number),
             run_dir=folder,
-            max_usd=spec.budget.max_usd,
+            max_usd=self._budget_left_usd(job_id, spec),
             options=dict(spec.provider_options.get(candidate.provider, {})),
         )
         record = self.store.start_attempt(
@@ -411,6 +797,7 @@ class Broker:
             job=job,
             attempt_id=record.attempt_id,
         )
+        _crash_point("after_start_attempt")
         self._emit("attempt", {"candidate": candidate, "number": number})
         logger.info(
             "job %s: trying %s (%s, %s)",
@@ -421,14 +808,65 @@ class Broker:
         )
         return attempt
 
+    def _runtime_for(
+        self, prepared: Prepared, candidate: Candidate, number: int
+    ) -> float:
+        """The runtime a candidate gets: the plan's (trimmed to what max_usd pays for),
+        less, for the first candidate, the time intake and planning already took.
+        A fallback gets its full runtime: time a failed cloud spent queued did not
+        train anything."""
+        runtime = float(
+            getattr(candidate, "runtime_s", prepared.spec.budget.max_runtime_s)
+        )
+        if number == 1 and prepared.started is not None:
+            used = self.clock.monotonic() - prepared.started
+            runtime = max(runtime - used, min(runtime, 1.0))
+        return runtime
+
     def _run_attempt(
         self, attempt: _Attempt, prepared: Prepared, folder: Path, started: float
     ) -> JobResult:
         ref = self._submit(attempt)
+        _crash_point("after_submit")
+        self._record_ref(attempt, ref)
+        return self._complete(attempt, prepared, started)
+
+    def _resume_attempt(
+        self, attempt: _Attempt, prepared: Prepared, folder: Path, started: float
+    ) -> JobResult:
+        """Finish an attempt a stopped broker left: ask the provider for its key
+        before deciding that nothing was created."""
+        if attempt.ref is None:
+            key = attempt.job.idempotency_key
+            found = self._call(
+                attempt, lambda: attempt.provider.find_by_idempotency_key(key)
+            )
+            if found is None:
+                logger.info(
+                    "job %s: %s has no job with key %s; submitting it now",
+                    attempt.job.job_id,
+                    attempt.provider.name,
+                    key,
+                )
+                return self._run_attempt(attempt, prepared, folder, started)
+            logger.info(
+                "job %s: found %s job %s by its key %s",
+                attempt.job.job_id,
+                attempt.provider.name,
+                found.job_id,
+                key,
+            )
+            self._record_ref(attempt, found)
+        if attempt.states[-1] == JobState.PENDING:
+            # The ref was recorded but the broker stopped before marking it submitted.
+            self._move(attempt, JobState.QUEUED)
+        return self._complete(attempt, prepared, started)
+
+    def _record_ref(self, attempt: _Attempt, ref: ProviderJobRef) -> None:
         attempt.ref = ref
         self.store.set_provider_ref(attempt.attempt_id, _ref_dict(ref), ref.job_id)
+        _crash_point("after_set_ref")
         self._move(attempt, JobState.QUEUED)
-        return self._complete(attempt, prepared, started)
 
     def _complete(
         self, attempt: _Attempt, prepared: Prepared, started: float
@@ -514,19 +952,28 @@ class Broker:
         provider, job_id = attempt.provider, attempt.job.job_id
         queued_since = last_poll = self.clock.monotonic()
         running_since: float | None = None
-        cancel_sent = False
+        cancel_sent = attempt.cancel_sent
         while True:
+            if job_id in self._driving:
+                self._renew(job_id)
             status = self._poll(attempt)
             now = self.clock.monotonic()
             if cancel_sent and status.state == JobState.STOPPED:
                 # The provider's word for a stop we asked for.
                 status = replace(status, state=JobState.CANCELLED)
-            self._move(attempt, status.state, status.secondary)
+            # A provider may report the job running for a poll after the cancel.
+            still_cancelling = cancel_sent and not (
+                status.state.terminal or status.state == JobState.DETACHED
+            )
+            if not still_cancelling:
+                self._move(attempt, status.state, status.secondary)
+            if status.state == JobState.RUNNING:
+                _crash_point("after_running")
             self._emit("status", {"status": status, "provider": provider.name})
             if status.state.terminal or status.state == JobState.DETACHED:
                 return status
 
-            if not cancel_sent and job_id in self._cancel_requests:
+            if not cancel_sent and self._cancel_wanted(job_id):
                 logger.info(
                     "job %s: cancelling %s job %s", job_id, provider.name, ref.job_id
                 )
@@ -572,13 +1019,15 @@ class Broker:
                 return provider.poll(ref)
             except CredentialsExpiredError as exc:
                 refresh = getattr(provider, "refresh_credentials", None)
-                if refresh is not None and refresh():
+                last_try = try_number == self.max_retries
+                if not last_try and refresh is not None and refresh():
                     logger.warning(
                         "%s: credentials expired while polling %s; refreshed them",
                         provider.name,
                         ref.job_id,
                     )
                     continue
+                # Not refreshable, or refreshed credentials that keep expiring.
                 exc.provider_job_id = exc.provider_job_id or ref.job_id
                 return ProviderStatus(
                     state=JobState.DETACHED,
@@ -603,6 +1052,12 @@ class Broker:
         if rate is None or cap is None:
             return False
         attempt.accrued_usd = rate * Decimal(str(round(running_s, 3)))
+        if attempt.resumed:
+            # A restarted broker did not see the job's earlier running time; the
+            # provider's own bill, when it has one, counts it.
+            billed = self._billed(attempt)
+            if billed is not None and billed > attempt.accrued_usd:
+                attempt.accrued_usd = billed
         next_poll_usd = rate * Decimal(str(self.poll_interval_s))
         # Cancel early enough that billing during the cancel still fits under the cap.
         margin_usd = rate * Decimal(str(attempt.provider.cancel_latency_s))
@@ -637,6 +1092,8 @@ class Broker:
                     if status.state == JobState.STOPPED
                     else status.state
                 )
+                # A job may have started billing before the cancel landed.
+                attempt.charged_usd = self._billed(attempt)
                 self._move(attempt, final, status.secondary)
                 return
         logger.warning(
@@ -712,6 +1169,8 @@ class Broker:
         actual = provider_result.actual_cost_usd
         if actual is None:
             actual = self._billed(attempt)
+        if actual is None:
+            actual = _priced_runtime(attempt.candidate, provider_result.runtime_s)
         cost = self._cost_summary(attempt, actual, dict(provider_result.provider_units))
         notes = list(report.notes) + list(provider_result.notes)
         return JobResult(
@@ -792,6 +1251,13 @@ class Broker:
                 return billed
         return attempt.accrued_usd if attempt.accrued_usd else None
 
+    def _charged(self, attempt: _Attempt, exc: BaseException) -> Decimal | None:
+        """What a failed attempt cost: the error's figure, else the provider's bill."""
+        charged: Decimal | None = getattr(exc, "charged_usd", None)
+        if charged is None and attempt.ref is not None:
+            charged = self._billed(attempt)
+        return charged
+
     def _cost_summary(
         self, attempt: _Attempt, actual: Decimal | None, units: dict[str, Any]
     ) -> CostSummary:
@@ -818,17 +1284,20 @@ class Broker:
         final = JobState(result.state)
         attempt.charged_usd = result.cost.actual_usd
         self._move(attempt, final)
-        # The attempt may have ended during polling, before its cost was known.
+        # The attempt may have ended during polling, before its cost was known. The
+        # ledger keeps one line per attempt, so a finish run again counts it once.
         self.store.finish_attempt(
             attempt.attempt_id, state=final, cost_usd=result.cost.actual_usd
         )
+        _crash_point("after_result")
         self.store.set_result(job_id, result.model_dump(mode="json"))
+        _crash_point("after_set_result")
         self.store.transition(job_id, final)
         self._emit("result", {"result": result})
 
     def _fail(self, job_id: str, attempt: _Attempt, exc: BrokerError) -> None:
         if not (attempt.states and attempt.states[-1].terminal):
-            attempt.charged_usd = getattr(exc, "charged_usd", None)
+            attempt.charged_usd = self._charged(attempt, exc)
             self._move(attempt, JobState.FAILED)
         error = {"type": type(exc).__name__, "message": str(exc)}
         self.store.set_result(job_id, {"error": error})
@@ -849,7 +1318,7 @@ class Broker:
             at=self.clock.now(),
         )
         if not (attempt.states and attempt.states[-1].terminal):
-            attempt.charged_usd = getattr(exc, "charged_usd", None)
+            attempt.charged_usd = self._charged(attempt, exc)
             self._move(attempt, JobState.FAILED)
         self.store.record_failover(
             job_id, attempt.attempt_id, record.model_dump(mode="json")
@@ -865,9 +1334,13 @@ class Broker:
         return record
 
     def _write_inputs(self, folder: Path, prepared: Prepared) -> None:
+        from broker.redact import redact
+
         def dump(name: str, payload: Any) -> None:
+            # The spec's provider options may carry credentials: never write them.
             (folder / name).write_text(
-                json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8"
+                json.dumps(redact(payload), indent=2, default=str) + "\n",
+                encoding="utf-8",
             )
 
         dump("spec.json", prepared.spec.to_dict())
@@ -889,6 +1362,24 @@ class Broker:
         )
         # The held-out rows travel with the run so `predict` can reproduce the metrics.
         holdout.to_csv(folder / HOLDOUT_FILE, index=False)
+
+    def _budget_left_usd(
+        self, job_id: str, spec: JobSpec, this_attempt: str | None = None
+    ) -> Decimal | None:
+        """The dollar cap less what earlier attempts of the job cost: the cap is the
+        job's, not each attempt's."""
+        cap = spec.budget.max_usd
+        if cap is None:
+            return None
+        spent = sum(
+            (
+                a.cost_usd or Decimal("0")
+                for a in self.store.attempts(job_id)
+                if a.attempt_id != this_attempt
+            ),
+            Decimal("0"),
+        )
+        return max(cap - spent, Decimal("0"))
 
     def _budget_left_s(self, spec: JobSpec, started: float) -> float:
         return spec.budget.max_runtime_s - (self.clock.monotonic() - started)
@@ -964,3 +1455,131 @@ def _ref_dict(ref: ProviderJobRef) -> dict[str, Any]:
         "region": ref.region,
         "extra": ref.extra,
     }
+
+
+def _priced_runtime(candidate: Candidate, runtime_s: float | None) -> Decimal | None:
+    """A machine's cost from the quote's rate and how long it ran, for providers that
+    bill nothing themselves (the local machine, an embedded H2O): rate x runtime under
+    the quote's billing rule."""
+    quote = candidate.quote
+    rate = getattr(quote, "training_usd_per_hour", None)
+    rule = getattr(quote, "billing_rule", None)
+    if rate is None or rule is None or runtime_s is None:
+        return None
+    from cost_models.billing import charge
+
+    return charge(Decimal(rate), Decimal(str(round(runtime_s, 3))), rule)
+
+
+def _exclusion(
+    candidate: Candidate, exc: BaseException
+) -> tuple[str, str | None, str | None]:
+    """What a failure rules out for the rest of the plan: credentials and availability
+    are the provider's, a quota is a region's, anything else the machine's there."""
+    if isinstance(
+        exc, ProviderUnavailableError | CredentialsError | NoModelTrainedError
+    ):
+        return (candidate.provider, None, None)
+    if isinstance(exc, QuotaExceededError):
+        return (candidate.provider, candidate.region, None)
+    return (candidate.provider, candidate.region, candidate.machine)
+
+
+def _is_excluded(
+    candidate: Candidate, excluded: list[tuple[str, str | None, str | None]]
+) -> bool:
+    return any(
+        provider == candidate.provider
+        and region in (None, candidate.region)
+        and machine in (None, candidate.machine)
+        for provider, region, machine in excluded
+    )
+
+
+def _candidate(prepared: Prepared, number: int) -> Candidate | None:
+    """The plan's `number`-th candidate (1-based), or None past its end."""
+    if prepared.plan is None or number > len(prepared.plan.candidates):
+        return None
+    return prepared.plan.candidates[number - 1]
+
+
+def _stored_quote(quote: dict[str, Any]) -> SimpleNamespace:
+    """A quote read back from the store, with the rate the budget watch reads."""
+    rate = quote.get("training_usd_per_hour")
+    fields = {k: v for k, v in quote.items() if k != "usd_per_hour"}
+    return SimpleNamespace(
+        **fields, usd_per_hour=None if rate is None else Decimal(str(rate))
+    )
+
+
+def _stored_outcome(record: JobRecord) -> JobResult:
+    """The result of a job that has ended, as the store holds it."""
+    stored = record.result or {}
+    if record.state == JobState.FAILED or "error" in stored and "task" not in stored:
+        error = stored.get("error") or record.error or {}
+        raise BrokerError(
+            f"job {record.job_id} ended {record.state.value}: "
+            f"{error.get('type', 'error')}: {error.get('message', 'no detail')}"
+        )
+    if "task" not in stored:
+        raise BrokerError(
+            f"job {record.job_id} ended {record.state.value} before any model was "
+            "trained; it has no result"
+        )
+    return JobResult.model_validate(stored)
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the process named in a lease (``host:pid:random``) still runs. A
+    process on another host is taken to be alive: its lease must expire first."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed child not yet reaped by its parent still answers signal 0."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _without_masked(payload: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec without the values the store masked: a masked secret is left
+    out so that the provider falls back to its own settings."""
+    from broker.redact import MASK
+
+    # TODO(resume-secrets): secrets given in provider_options are masked in the store
+    # and so cannot be passed again on resume; the provider's settings must hold them.
+    options = {
+        name: {k: v for k, v in values.items() if v != MASK}
+        for name, values in (payload.get("provider_options") or {}).items()
+    }
+    return {**payload, "provider_options": options}
+
+
+def _check_split(job_id: str, folder: Path, prepared: Prepared) -> None:
+    """Refuse to go on when the data read back no longer splits as it did."""
+    path = folder / "split.json"
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    now = [int(i) for i in prepared.split.train_index]
+    if recorded.get("train_index") != now:
+        raise InputError(
+            f"job {job_id}: the data file {prepared.spec.data_label!r} changed since "
+            "the job started (its training rows differ); run a new job instead"
+        )

@@ -318,3 +318,48 @@ def test_runner_max_usd_cancels_before_the_cap(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| quoted training (high) | $0.6000 |" in report
     assert "| actual | $0.6800 |" in report
+
+
+def test_runner_credentials_failure_skips_the_providers_other_candidates(tmp_path):
+    from broker.errors import CredentialsError
+
+    clock = FakeClock()
+    refused = scripted(
+        clock,
+        "sagemaker",
+        submit_errors=[CredentialsError("InvalidClientTokenId", provider="sagemaker")],
+    )
+    fallback = scripted(clock, "local", script=QUICK)
+    rows = [
+        PriceRow("sagemaker", "ml.m5.large", r, price=Decimal(p), memory_gib=64)
+        for r, p in (("r1", "3.60"), ("r2", "3.70"))
+    ] + [PriceRow("local", "this-machine", "local", price=None, memory_gib=64)]
+    broker = make_broker(tmp_path, clock, {"sagemaker": refused, "local": fallback})
+    broker.catalog = Catalog.from_rows(rows)
+
+    result = broker.run(spec("sagemaker", "local"), run_dir=tmp_path / "run")
+
+    # r2 is never tried: the credentials are the provider's, not the region's
+    assert [f.region for f in result.failovers] == ["r1"]
+    assert refused.call_names.count("submit") == 1
+    assert result.provider == "local"
+
+
+def test_runner_prices_a_machine_that_bills_nothing_itself():
+    from types import SimpleNamespace
+
+    from broker.runner import _priced_runtime
+    from cost_models.billing import BillingRule
+
+    per_second = BillingRule(increment_s=1, minimum_s=0)
+    candidate = SimpleNamespace(
+        quote=SimpleNamespace(
+            training_usd_per_hour=Decimal("0.36"), billing_rule=per_second
+        )
+    )
+
+    # 600 s at $0.36/h, billed per second
+    assert _priced_runtime(candidate, 600.0) == Decimal("0.060000")  # type: ignore[arg-type]
+    # 100.4 s rounds up to 101 billable seconds: $0.0101
+    assert _priced_runtime(candidate, 100.4) == Decimal("0.010100")  # type: ignore[arg-type]
+    assert _priced_runtime(candidate, None) is None  # type: ignore[arg-type]
