@@ -56,6 +56,10 @@ MaxUsdOpt = Annotated[
 RuntimeOpt = Annotated[
     int | None, typer.Option("--max-runtime", help="Runtime budget in seconds.")
 ]
+PreferOpt = Annotated[
+    str | None,
+    typer.Option(help="Comma-separated providers to try first, in order, before cost."),
+]
 RegionOpt = Annotated[str | None, typer.Option(help="Comma-separated regions allowed.")]
 HoursOpt = Annotated[
     str | None,
@@ -99,6 +103,7 @@ def _build_spec(
     task: str | None,
     metric: str | None,
     providers: str | None,
+    prefer: str | None,
     max_usd: str | None,
     max_runtime: int | None,
     region: str | None,
@@ -138,6 +143,8 @@ def _build_spec(
     constraints = dict(base.get("constraints") or {})
     if providers is not None:
         constraints["providers"] = _split(providers)
+    if prefer is not None:
+        constraints["prefer"] = _split(prefer)
     if region is not None:
         constraints["regions"] = _split(region)
     base["constraints"] = constraints
@@ -330,6 +337,7 @@ def plan(
     task: TaskOpt = None,
     metric: MetricOpt = None,
     providers: ProvidersOpt = None,
+    prefer: PreferOpt = None,
     max_usd: MaxUsdOpt = None,
     max_runtime: RuntimeOpt = None,
     region: RegionOpt = None,
@@ -357,6 +365,7 @@ def plan(
             task=task,
             metric=metric,
             providers=providers,
+            prefer=prefer,
             max_usd=max_usd,
             max_runtime=max_runtime,
             region=region,
@@ -386,6 +395,7 @@ def run(
     task: TaskOpt = None,
     metric: MetricOpt = None,
     providers: ProvidersOpt = None,
+    prefer: PreferOpt = None,
     max_usd: MaxUsdOpt = None,
     max_runtime: RuntimeOpt = None,
     region: RegionOpt = None,
@@ -447,6 +457,7 @@ def run(
             task=task,
             metric=metric,
             providers=providers,
+            prefer=prefer,
             max_usd=max_usd,
             max_runtime=max_runtime,
             region=region,

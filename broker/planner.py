@@ -198,10 +198,12 @@ class Plan:
         if chosen is None:
             lines.append("No provider can run this job.")
         else:
-            lines.append(
-                f"Chose {_where(chosen)}: the lowest estimate, "
-                f"{_quote_text(chosen.quote)}."
+            why = (
+                "the first preferred provider"
+                if chosen.rank_reason.startswith("first preferred")
+                else "the lowest estimate"
             )
+            lines.append(f"Chose {_where(chosen)}: {why}, {_quote_text(chosen.quote)}.")
             if chosen.quote.is_local:
                 lines.append(
                     f"  Local runs are priced at ${self.local_usd_per_hour}/h, "
@@ -356,7 +358,7 @@ def make_plan(
         )
 
     plan = Plan(
-        candidates=_ranked(feasible),
+        candidates=_ranked(feasible, spec.constraints.prefer),
         rejections=rejections,
         runtime_s=context.runtime_s,
         memory_needed_gib=context.memory_needed_gib,
@@ -706,10 +708,13 @@ def _serving_row(
     return cheapest
 
 
-def _ranked(quotes: list[Quote]) -> list[Candidate]:
+def _ranked(quotes: list[Quote], prefer: list[str] | None = None) -> list[Candidate]:
+    rank_of = {name: i for i, name in enumerate(prefer or [])}
     ordered = sorted(
         quotes,
         key=lambda q: (
+            # Providers the user prefers come first, in the order given; then cost.
+            rank_of.get(q.provider, len(rank_of)),
             # A run cut short by the dollar cap ranks after every full-length run.
             q.trimmed,
             _cost_key(q),
@@ -731,7 +736,12 @@ def _ranked(quotes: list[Quote]) -> list[Candidate]:
             first.sku,
             first.region,
             first,
-            f"cheapest feasible: {_quote_text(first)}" + _trim_text(first),
+            (
+                f"first preferred provider: {_quote_text(first)}"
+                if first.provider in rank_of
+                else f"cheapest feasible: {_quote_text(first)}"
+            )
+            + _trim_text(first),
         )
     ]
     for position, estimate in enumerate(ordered[1:], start=2):

@@ -48,12 +48,16 @@ class Constraints(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     providers: list[str] | None = None
+    prefer: list[str] | None = Field(
+        default=None,
+        description="providers to try first, in this order, before ranking by cost",
+    )
     regions: list[str] | None = None
     min_memory_gib: float | None = Field(default=None, gt=0)
     gpu: bool | None = None
     machines: list[str] | None = None
 
-    @field_validator("providers")
+    @field_validator("providers", "prefer")
     @classmethod
     def _known_providers(cls, value: list[str] | None) -> list[str] | None:
         if value is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.clock import SYSTEM_CLOCK, Clock
@@ -36,6 +36,8 @@ FAULT_NAMES = (
     "server",
     "invalid",
 )
+# A faulty cloud stays faulty for the whole run: every matching request fails.
+PERSISTENT = 10_000
 
 
 @dataclass
@@ -99,18 +101,18 @@ def _vertex(stack: ExitStack, fault: str, clock: Clock) -> tuple[Any, Provider]:
 
     schedule = (("PIPELINE_STATE_QUEUED", 1.0), ("PIPELINE_STATE_RUNNING", 3.0))
     server = stack.enter_context(vf.VertexFake(clock=clock, schedule=schedule))
-    if fault == "quota":
-        server.inject(vf.quota_exceeded(path=r".*/trainingPipelines$"))
-    elif fault == "capacity":
+    pipelines = r".*/trainingPipelines$"
+    faults = {
+        "quota": lambda: vf.quota_exceeded(path=pipelines),
+        "credentials": lambda: vf.unauthenticated(method="POST"),
+        "throttle": lambda: vf.rate_limited(),
+        "server": lambda: vf.server_error(),
+        "invalid": lambda: vf.invalid_argument(path=pipelines),
+    }
+    if fault == "capacity":
         server.fail_next_pipeline(vf.capacity_failure())
-    elif fault == "credentials":
-        server.inject(vf.unauthenticated(method="POST"))
-    elif fault == "throttle":
-        server.inject(vf.rate_limited())
-    elif fault == "server":
-        server.inject(vf.server_error())
-    elif fault == "invalid":
-        server.inject(vf.invalid_argument(path=r".*/trainingPipelines$"))
+    elif fault in faults:
+        server.inject(replace(faults[fault](), times=PERSISTENT))
     settings = server.client_settings(refresh_fails=fault == "credentials")
     settings["clock"] = clock
     return server, VertexProvider(**settings)
@@ -122,18 +124,16 @@ def _azure(stack: ExitStack, fault: str, clock: Clock) -> tuple[Any, Provider]:
 
     schedule = (("Queued", 1.0), ("Running", 3.0))
     server = stack.enter_context(af.AzureFake(clock=clock, schedule=schedule))
-    if fault == "quota":
-        server.inject(af.quota_exceeded())
-    elif fault == "capacity":
-        server.inject(af.allocation_failed())
-    elif fault == "credentials":
-        server.inject(af.expired_token())
-    elif fault == "throttle":
-        server.inject(af.throttled())
-    elif fault == "server":
-        server.inject(af.server_error())
-    elif fault == "invalid":
-        server.inject(af.invalid_request())
+    faults = {
+        "quota": af.quota_exceeded,
+        "capacity": af.allocation_failed,
+        "credentials": af.expired_token,
+        "throttle": af.throttled,
+        "server": af.server_error,
+        "invalid": af.invalid_request,
+    }
+    if fault in faults:
+        server.inject(replace(faults[fault](), times=PERSISTENT))
     settings = server.client_settings()
     settings["clock"] = clock
     return server, AzureProvider(**settings)
@@ -162,5 +162,5 @@ def _sagemaker(stack: ExitStack, fault: str, clock: Clock) -> tuple[Any, Provide
         "invalid": "validation",
     }.get(fault)
     if aws_fault is not None:
-        server.inject(operation, aws_fault)
+        server.inject(operation, aws_fault, times=PERSISTENT)
     return server, server.provider(clock=clock, poll_interval_s=1.0)

@@ -1,0 +1,161 @@
+"""The command line end to end: plan, run with failing cloud fakes, predict, --help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from broker.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def table_csv(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(7)
+    n = 500
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    colour = rng.choice(["red", "green", "blue"], size=n)
+    signal = x1 - 0.8 * x2 + np.where(colour == "red", 0.8, 0.0)
+    label = np.where(signal + rng.normal(scale=0.6, size=n) > 0, "yes", "no")
+    path = tmp_path / "table.csv"
+    pd.DataFrame({"x1": x1, "x2": x2, "colour": colour, "label": label}).to_csv(
+        path, index=False
+    )
+    return path
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("AUTOML_BROKER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AUTOML_BROKER_CONFIG", str(tmp_path / "none.yaml"))
+    (tmp_path / "none.yaml").write_text("{}\n")
+    return tmp_path / "home"
+
+
+def test_cli_plan_compares_five_providers_and_picks_local(table_csv: Path) -> None:
+    result = runner.invoke(
+        app, ["plan", str(table_csv), "--target", "label", "--hours-per-month", "730"]
+    )
+
+    assert result.exit_code == 0, result.output
+    for provider in ("vertex", "azure", "sagemaker", "h2o", "local"):
+        assert provider in result.output
+    assert "Chose local this-machine" in result.output
+    # each cloud is skipped with the reason and still shows what it would cost
+    assert "vertex: skipped, unavailable" in result.output
+    assert "sagemaker: skipped, unavailable" in result.output
+    assert "serving" in result.output
+
+
+def test_cli_plan_json_has_training_and_serving_for_every_provider(
+    table_csv: Path,
+) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "plan",
+            str(table_csv),
+            "--target",
+            "label",
+            "--hours-per-month",
+            "730",
+            "--json",
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["comparison"]
+    assert {r["provider"] for r in rows} == {
+        "vertex",
+        "azure",
+        "sagemaker",
+        "h2o",
+        "local",
+    }
+    for row in rows:
+        assert row["training_usd_high"] is not None, row
+        assert row["serving_usd_per_month"] is not None, row
+
+
+def test_cli_run_fails_over_from_every_cloud_to_local_then_predicts(
+    table_csv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(table_csv),
+            "--target",
+            "label",
+            "--max-runtime",
+            "15",
+            "--fakes",
+            "vertex=quota,azure=capacity,sagemaker=credentials",
+            "--prefer",
+            "vertex,azure,sagemaker",
+            "--out",
+            str(out),
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    stored = json.loads((out / "result.json").read_text())
+    assert stored["provider"] == "local"
+    assert stored["state"] == "succeeded"
+    reasons = {(f["provider"], f["reason"]) for f in stored["failovers"]}
+    assert reasons >= {
+        ("vertex", "QuotaExceeded"),
+        ("azure", "CapacityExhausted"),
+        ("sagemaker", "CredentialsExpired"),
+    }
+    report = (out / "report.md").read_text()
+    assert "## Failovers" in report
+    assert "QuotaExceededError" in report and "CredentialsExpiredError" in report
+    assert stored["holdout_metrics"]["roc_auc"] > 0.8
+
+    # the saved model reproduces the held-out metrics the broker computed
+    predicted = runner.invoke(app, ["predict", str(out)])
+    assert predicted.exit_code == 0, predicted.output
+    assert f"{stored['holdout_metrics']['roc_auc']:.4f}" in predicted.output
+    from broker.predict import predict_from_run
+
+    again = predict_from_run(out)
+    assert again.metrics is not None
+    for name, value in stored["holdout_metrics"].items():
+        if value is None:
+            assert again.metrics.values[name] is None
+        else:
+            assert again.metrics.values[name] == pytest.approx(value, abs=1e-9), name
+    frame = pd.read_csv(out / "predictions.csv")
+    assert len(frame) == stored["holdout_n"]
+    assert set(frame.columns) == {"prediction", "proba_no", "proba_yes"}
+
+
+def test_cli_bad_target_is_a_clear_error(table_csv: Path) -> None:
+    result = runner.invoke(app, ["plan", str(table_csv), "--target", "labl"])
+
+    assert result.exit_code == 2
+    assert "ColumnNotFoundError" in result.output
+    assert "'label'" in result.output
+
+
+def test_cli_help_loads_no_heavy_library() -> None:
+    code = (
+        "import sys; from broker.cli import app; "
+        "heavy = [m for m in ('torch', 'pandas', 'sklearn', 'h2o', 'boto3', "
+        "'google.cloud.aiplatform', 'azure.ai.ml') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "[]"
