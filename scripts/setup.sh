@@ -32,6 +32,15 @@ target="."
 stamp=".venv/.installed-$(printf '%s' "$extras" | tr ',' '-')"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing automl-broker${extras:+[$extras]} into .venv"
-  "${pip[@]}" install -e "$target"
+  # Some machines' pip configuration names local package folders that lack most
+  # packages; pip warns once per package about them. Keep the rest of its output.
+  set +e
+  "${pip[@]}" install -e "$target" 2>&1 | grep -v "^WARNING: Location '.*' is ignored"
+  status=${PIPESTATUS[0]}
+  set -e
+  if [ "$status" -ne 0 ]; then
+    echo "setup: pip install failed (exit $status)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
