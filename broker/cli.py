@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -63,7 +64,11 @@ PreferOpt = Annotated[
 RegionOpt = Annotated[str | None, typer.Option(help="Comma-separated regions allowed.")]
 HoursOpt = Annotated[
     str | None,
-    typer.Option("--hours-per-month", help="Hours per month the model will be served."),
+    typer.Option(
+        "--hours-per-month",
+        help="Hours per month the model will be served, for the serving cost "
+        "(default 0: not served; 730 is always on).",
+    ),
 ]
 IgnoreOpt = Annotated[
     str | None, typer.Option(help="Comma-separated columns to leave out.")
@@ -176,10 +181,14 @@ def _make_broker(
     )
 
 
-def _usd(value: Any, places: int = 2) -> str:
+def _usd(value: Any, places: int | None = None) -> str:
+    """Dollars for a table: cents from $1 up, four places below, so that a small but
+    real cost never reads as $0.00."""
     if value is None:
         return "-"
     amount = Decimal(str(value))
+    if places is None:
+        places = 2 if abs(amount) >= 1 or amount == 0 else 4
     return f"${amount.quantize(Decimal(1).scaleb(-places))}"
 
 
@@ -189,7 +198,11 @@ def print_plan(plan: Plan) -> None:
     for column in ("provider", "machine", "region"):
         table.add_column(column)
     table.add_column("training USD", justify="right")
-    table.add_column("serving USD/month", justify="right")
+    hours = payload.get("hours_per_month")
+    table.add_column(
+        "serving USD/month" + (f" ({hours} h)" if hours is not None else ""),
+        justify="right",
+    )
     table.add_column("status")
     for row in payload.get("comparison", []):
         status = row.get("status", "")
@@ -208,7 +221,7 @@ def print_plan(plan: Plan) -> None:
             style=style,
         )
     console.print(table)
-    console.print(plan.explanation())
+    console.print(plan.explanation(), markup=False, highlight=False)
 
 
 def _training_cell(row: dict[str, Any]) -> str:
@@ -284,7 +297,9 @@ def print_result(result: JobResult) -> None:
 
 
 def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+    err_console.print(
+        f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False
+    )
     raise typer.Exit(code=2)
 
 
@@ -310,7 +325,9 @@ def _shown_warnings() -> Iterator[None]:
                 text = f"{item.category.__name__}: {item.message}"
                 if text not in seen:
                     seen.add(text)
-                    err_console.print(f"[yellow]warning:[/] {text}", highlight=False)
+                    err_console.print(
+                        f"[yellow]warning:[/] {escape(text)}", highlight=False
+                    )
             if stale:
                 # Catalogs of one date warn alike; show the first and name the others.
                 more = [
@@ -319,7 +336,9 @@ def _shown_warnings() -> Iterator[None]:
                 text = f"StalePriceWarning: {stale[0]}"
                 if len(stale) > 1:
                     text += f" (also: {', '.join(sorted(set(more[1:])))})"
-                err_console.print(f"[yellow]warning:[/] {text}", highlight=False)
+                err_console.print(
+                    f"[yellow]warning:[/] {escape(text)}", highlight=False
+                )
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -415,7 +434,7 @@ def run(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from broker.config import load_config
-    from broker.errors import BrokerError
+    from broker.errors import BrokerError, ConfigurationError
 
     _setup_logging(verbose)
     progress = Progress(
@@ -446,6 +465,7 @@ def run(
         elif kind == "failover" and "id" in bar:
             record = payload["record"]
             progress.update(bar["id"], detail=f"[red]failed over: {record.reason}")
+            progress.stop_task(bar["id"])
         elif kind == "result" and "id" in bar:
             progress.update(bar["id"], completed=1.0, detail="done")
 
@@ -470,7 +490,14 @@ def run(
             if fakes is not None:
                 from broker.testing.fleet import fake_fleet, parse_faults
 
-                fleet = stack.enter_context(fake_fleet(parse_faults(fakes)))
+                faults = parse_faults(fakes)
+                try:
+                    fleet = stack.enter_context(fake_fleet(faults))
+                except ImportError as exc:
+                    raise ConfigurationError(
+                        f"the cloud fakes need the cloud SDKs and moto ({exc}); install "
+                        "them with: .venv/bin/pip install -e '.[all,dev]'"
+                    ) from None
                 fake_providers = fleet.providers
                 err_console.print(
                     "[cyan]fakes:[/] "
@@ -524,6 +551,26 @@ def predict(
         for name, value in outcome.metrics.values.items():
             table.add_row(name, "n/a" if value is None else f"{value:.4f}")
         console.print(table)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from broker import __version__
+
+        console.print(f"automl-broker {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version."
+        ),
+    ] = False,
+) -> None:
+    """Run AutoML jobs wherever they are cheapest and available."""
 
 
 def _register_commands() -> None:

@@ -159,6 +159,7 @@ class Plan:
     memory_needed_gib: float = 0.0
     local_usd_per_hour: Decimal = DEFAULT_LOCAL_USD_PER_HOUR
     price_missing: list[str] = field(default_factory=list)
+    hours_per_month: Decimal = Decimal("0")  # the serving horizon the quotes assume
 
     @property
     def chosen(self) -> Candidate | None:
@@ -178,16 +179,12 @@ class Plan:
                 continue
             rejected = [r for r in self.rejections if r.provider == provider]
             main = _main_rejection(rejected)
-            quoted = [r for r in rejected if r.quote is not None]
-            cheapest = min(quoted, key=lambda r: _cost_key(r.quote)) if quoted else None
+            # Show a row that was refused for that very reason, its cheapest one.
+            same = [r for r in rejected if r.reason == main.reason]
+            quoted = [r for r in same if r.quote is not None]
+            shown = min(quoted, key=lambda r: _cost_key(r.quote)) if quoted else main
             rows.append(
-                _comparison_row(
-                    provider,
-                    main.reason,
-                    None if cheapest is None else cheapest.quote,
-                    main.detail,
-                    cheapest or main,
-                )
+                _comparison_row(provider, main.reason, shown.quote, shown.detail, shown)
             )
         return rows
 
@@ -249,6 +246,7 @@ class Plan:
             "runtime_s": self.runtime_s,
             "memory_needed_gib": self.memory_needed_gib,
             "local_usd_per_hour": str(self.local_usd_per_hour),
+            "hours_per_month": str(self.hours_per_month),
             "price_missing": list(self.price_missing),
             "comparison": [_comparison_json(row) for row in self.comparison()],
             "explanation": self.explanation(),
@@ -363,6 +361,7 @@ def make_plan(
         runtime_s=context.runtime_s,
         memory_needed_gib=context.memory_needed_gib,
         local_usd_per_hour=context.local_rate,
+        hours_per_month=context.hours_per_month,
         price_missing=missing,
     )
     if plan.chosen is None:
@@ -773,9 +772,14 @@ def _cost_key(estimate: Quote | None) -> tuple[Decimal, Decimal]:
     return (estimate.total_usd, estimate.training_usd_high)
 
 
+_FILTER_REASONS = {"not_allowed", "region_not_allowed", "not_configured"}
+
+
 def _main_rejection(rejections: list[Rejection]) -> Rejection:
-    """The reason that speaks for a provider: the most frequent among its rows."""
-    counts = Counter(r.reason for r in rejections)
+    """The reason that speaks for a provider: the most frequent among the rows the
+    user's filters left in (why the rows that could have run did not), else among all."""
+    kept = [r for r in rejections if r.reason not in _FILTER_REASONS] or rejections
+    counts = Counter(r.reason for r in kept)
     reason = counts.most_common(1)[0][0]
     return next(r for r in rejections if r.reason == reason)
 

@@ -126,14 +126,14 @@ def markdown_report(folder: Path, result: JobResult) -> str:
         lines += [
             "## Failovers",
             "",
-            "| provider | reason | error | provider job |",
-            "|---|---|---|---|",
+            "| provider | machine | region | reason | error | provider job |",
+            "|---|---|---|---|---|---|",
         ]
         for f in result.failovers:
             message = f.message.replace("|", "\\|").replace("\n", " ")
             lines.append(
-                f"| {f.provider} | {f.reason} | {f.error_type}: {message} | "
-                f"{f.provider_job_id or '-'} |"
+                f"| {f.provider} | {f.machine or '-'} | {f.region or '-'} | {f.reason} | "
+                f"{f.error_type}: {message} | {f.provider_job_id or '-'} |"
             )
         lines.append("")
 

@@ -574,7 +574,9 @@ def test_plan_placement_quotes_only_where_the_provider_is_set_up():
             LOCAL,
         ]
     )
-    placements = {"sagemaker": Placement(frozenset({"r2"}), frozenset({"ml.m5.xlarge"}))}
+    placements = {
+        "sagemaker": Placement(frozenset({"r2"}), frozenset({"ml.m5.xlarge"}))
+    }
 
     plan = plan_for(catalog, spec(), up=("sagemaker",), placements=placements)
 
@@ -585,3 +587,29 @@ def test_plan_placement_quotes_only_where_the_provider_is_set_up():
     [refused] = [r for r in plan.rejections if r.machine == "ml.m5.large"]
     assert refused.reason == "not_configured"
     assert refused.detail == "sagemaker is set up for region ['r2']"
+
+
+def test_plan_comparison_row_shows_why_the_allowed_row_was_refused() -> None:
+    catalog = Catalog.from_rows(
+        [
+            row("vertex", "automl", "us-central1", "21.252"),
+            row("vertex", "automl", "us-east1", "21.252"),
+            row("vertex", "automl", "europe-west4", "23.00"),
+            LOCAL,
+        ]
+    )
+    job = spec(
+        constraints={
+            "providers": ["vertex", "local"],
+            "regions": ["us-central1", "local"],
+        }
+    )
+
+    plan = plan_for(catalog, job, up=("local",))
+
+    [vertex] = [r for r in plan.comparison() if r["provider"] == "vertex"]
+    # two rows are filtered out by region, but the row that could have run was
+    # refused for having no credentials: that is the reason shown, with its own row
+    assert vertex["status"] == "unavailable"
+    assert vertex["region"] == "us-central1"
+    assert "no credentials" in vertex["detail"]
