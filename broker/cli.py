@@ -169,9 +169,15 @@ def _make_broker(
     from broker.store import JobStore
 
     store = JobStore(config.store) if config.store else None
+    catalog = None
+    if config.prices is not None:
+        from cost_models.catalog import load_catalog
+
+        catalog = load_catalog(override=config.prices)
     return Broker(
         store=store,
         providers=providers,
+        catalog=catalog,
         provider_settings=config.providers,
         poll_interval_s=config.poll_interval_s,
         pending_timeout_s=config.pending_timeout_s,

@@ -7,6 +7,7 @@ file: providers take credentials from their own SDK's usual places (environment,
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -91,15 +92,27 @@ def load_config(path: str | Path | None = None) -> BrokerConfig:
         raise ConfigurationError(
             "config key 'providers' must map provider names to settings"
         )
+    for name, settings in providers.items():
+        if settings is not None and not isinstance(settings, dict):
+            raise ConfigurationError(
+                f"config providers.{name} must be a mapping of settings, got "
+                f"{type(settings).__name__} {settings!r}"
+            )
     config.providers = {str(k): dict(v or {}) for k, v in providers.items()}
     rate = raw.get("local_rate_usd_per_hour")
     if rate is not None:
         try:
             config.local_rate_usd_per_hour = Decimal(str(rate))
         except InvalidOperation:
+            config.local_rate_usd_per_hour = Decimal("NaN")
+        if (
+            not config.local_rate_usd_per_hour.is_finite()
+            or config.local_rate_usd_per_hour < 0
+        ):
             raise ConfigurationError(
-                f"local_rate_usd_per_hour must be a number of dollars, got {rate!r}"
-            ) from None
+                f"local_rate_usd_per_hour must be a finite number of dollars, zero or "
+                f"more, got {rate!r}"
+            )
     if raw.get("store"):
         config.store = (file.parent / str(raw["store"])).resolve()
     if raw.get("prices"):
@@ -108,8 +121,20 @@ def load_config(path: str | Path | None = None) -> BrokerConfig:
         config.monthly_budget_usd = _monthly_budgets(raw["monthly_budget_usd"])
     for key in ("poll_interval_s", "pending_timeout_s"):
         if key in raw:
-            setattr(config, key, float(raw[key]))
+            setattr(config, key, _positive_seconds(key, raw[key]))
     return config
+
+
+def _positive_seconds(key: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigurationError(
+            f"config {key} must be a number of seconds above 0, got {value!r}"
+        )
+    return seconds
 
 
 def _monthly_budgets(raw: Any) -> dict[str | None, Decimal]:

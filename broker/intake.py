@@ -48,6 +48,7 @@ from broker.errors import (
     EncodingError,
     InputError,
     NoUsableFeaturesError,
+    TargetError,
     TargetMissingError,
     TargetSingleClassError,
 )
@@ -201,6 +202,7 @@ def read_table(
             f"{str(path)!r} is empty; it needs a header row and data rows"
         )
     names, renamed = _clean_names(raw_names)
+    _check_field_counts(text, sep, len(names), path)
 
     try:
         frame = pd.read_csv(
@@ -222,6 +224,20 @@ def read_table(
         sep,
     )
     return frame, renamed
+
+
+def _check_field_counts(text: str, sep: str, expected: int, path: Path) -> None:
+    """Refuse rows with fewer or more fields than the header: pandas would fill short
+    rows with blanks without a word, shifting what the row means."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    next(reader, None)
+    for row in reader:
+        if row and len(row) != expected:
+            raise DataReadError(
+                f"{str(path)!r} line {reader.line_num} has {len(row)} field(s) where the "
+                f"header has {expected}; fix that row (quote values that hold the "
+                f"separator {sep!r}) and try again"
+            )
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -552,6 +568,9 @@ def _drop_missing_target(
 ) -> tuple[pd.DataFrame, list[int]]:
     labels = frame[target]
     missing = labels.isna().to_numpy()
+    if pd.api.types.is_float_dtype(labels):
+        # An infinite label cannot be learned or scored: count it as missing.
+        missing = missing | np.isinf(labels.to_numpy(dtype=float))
     if not pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(
         labels
     ):
@@ -569,7 +588,8 @@ def _drop_missing_target(
 
     shown = ", ".join(str(r) for r in rows[:20]) + (" ..." if len(rows) > 20 else "")
     warnings.warn(
-        f"dropped {len(rows)} row(s) of the {what} with a missing target {target!r} "
+        f"dropped {len(rows)} row(s) of the {what} with a missing or infinite target "
+        f"{target!r} "
         f"(data rows {shown}); {len(frame) - len(rows)} rows remain",
         DataWarning,
         stacklevel=4,
@@ -590,6 +610,13 @@ def _resolve_task(
             f"the target column, or add rows of another class",
             column=target,
             value=only,
+        )
+
+    if kind != "numeric" and len(values) >= 10 and len(distinct) == len(values):
+        raise TargetError(
+            f"the target {target!r} has a different value in every one of its "
+            f"{len(values)} rows, as an identifier does, so there is no class to learn; "
+            f"choose the column that holds the label"
         )
 
     integer_valued = kind == "numeric" and bool(np.all(np.mod(values, 1) == 0))
@@ -899,6 +926,9 @@ def _safe_base(name: str, position: int) -> str:
 # --- the held-out split ---------------------------------------------------------------
 
 
+MIN_ROWS = 8  # below this no backend learns anything worth scoring
+
+
 def split_holdout(dataset: Dataset, fraction: float, seed: int) -> HoldoutSplit:
     """Split rows into training rows and the broker's held-out scoring rows.
 
@@ -928,10 +958,11 @@ def split_holdout(dataset: Dataset, fraction: float, seed: int) -> HoldoutSplit:
         )
     n = dataset.n_rows
     n_test = math.ceil(fraction * n)
-    if n_test < 1 or n - n_test < 1:
+    if n < MIN_ROWS or n_test < 1 or n - n_test < 1:
         raise InputError(
-            f"{n} rows are too few to hold out {fraction:.0%} and still train; add "
-            f"rows or pass a separate holdout_data table"
+            f"{n} labelled rows are too few to hold out {fraction:.0%} and still train "
+            f"(at least {MIN_ROWS} are needed); add rows or pass a separate "
+            f"holdout_data table"
         )
 
     from sklearn.model_selection import train_test_split

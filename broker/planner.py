@@ -847,7 +847,7 @@ def _local_rate(value: Decimal | None) -> Decimal:
                 f"{LOCAL_RATE_ENV}={text!r} is not a price; write dollars per hour "
                 "such as 0.05"
             ) from None
-    if rate.is_nan() or rate < 0:
+    if not rate.is_finite() or rate < 0:
         raise ConfigurationError(
             f"local rate {rate} must be zero or more dollars per hour"
         )

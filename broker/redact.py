@@ -55,8 +55,17 @@ _SECRET_WORDS = frozenset(
         "cookies",
         "connstr",
         "dsn",
+        "pat",  # personal access token
+        "pass",
+        "passcode",
+        "pin",
+        "otp",
+        "cert",
+        "jwt",
     }
 )
+# Parts that name a secret even inside a run-together word (``apitoken``, ``sppass``).
+_SECRET_PARTS = ("secret", "token", "passw", "passwd", "credential", "apikey")
 # Key names that contain "key" but hold no secret: the broker needs them readable.
 _SAFE_KEY_NAMES = frozenset({"idempotency_key", "idempotencykey"})
 
@@ -77,6 +86,16 @@ _TEXT_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), MASK),
     # Google API keys.
     (re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"), MASK),
+    # Tokens with a well-known prefix: GitHub (ghp_, gho_, ghs_, ghu_, github_pat_),
+    # Hugging Face (hf_), Slack (xoxb-, xoxp-), OpenAI-style (sk-), GitLab (glpat-).
+    (
+        re.compile(
+            r"\b(?:gh[opsu]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{20,}"
+            r"|hf_[A-Za-z0-9]{16,}|xox[abposr]-[A-Za-z0-9\-]{10,}"
+            r"|sk-[A-Za-z0-9_\-]{20,}|glpat-[A-Za-z0-9_\-]{16,})"
+        ),
+        MASK,
+    ),
     # JSON web tokens: three base64url parts, the first two starting with '{"'.
     (re.compile(r"\beyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+"), MASK),
     # Authorization header values.
@@ -135,6 +154,8 @@ def is_secret_key(name: str) -> bool:
 
     joined = "".join(words)
     if "connectionstring" in joined or "privatekey" in joined:
+        return True
+    if any(part in joined for part in _SECRET_PARTS):
         return True
     return any(w in _SECRET_WORDS or w.endswith("key") for w in words)
 

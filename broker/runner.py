@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -213,7 +214,9 @@ class Broker:
         """Intake and planning: everything that happens before any money is spent."""
         from broker import intake
 
-        started = self.clock.monotonic()
+        # Intake is this machine's own work: timed on the real clock even when the
+        # broker's clock is a fake one driving provider fakes.
+        started = time.monotonic()
         dataset = intake.load_dataset(spec)
         holdout = None
         if spec.holdout_data is not None:
@@ -307,6 +310,8 @@ class Broker:
         key = idempotency_key or uuid.uuid4().hex[:16]
         new_id = f"job-{uuid.uuid4().hex[:16]}"
         folder = (Path(run_dir) if run_dir else Path("runs") / new_id).resolve()
+        if self.store.find_by_idempotency_key(key) is None:
+            _check_folder_free(folder)
         record = self.store.create_job(
             spec=spec.to_dict(),
             idempotency_key=key,
@@ -315,6 +320,14 @@ class Broker:
             job_id=new_id,
             project=spec.project,
         )
+        if record.job_id == new_id:
+            try:
+                _claim_folder(folder, new_id)
+            except InputError as exc:
+                # Another job took the folder in the meantime: this one never ran.
+                error = {"type": type(exc).__name__, "message": str(exc)}
+                self.store.transition(new_id, JobState.FAILED, error=error)
+                raise
         if record.job_id != new_id:
             logger.info(
                 "job %s: idempotency key %r already names this job; attaching to it",
@@ -823,7 +836,7 @@ class Broker:
             getattr(candidate, "runtime_s", prepared.spec.budget.max_runtime_s)
         )
         if number == 1 and prepared.started is not None:
-            used = self.clock.monotonic() - prepared.started
+            used = time.monotonic() - prepared.started
             runtime = max(runtime - used, min(runtime, 1.0))
         return runtime
 
@@ -1473,6 +1486,51 @@ def _priced_runtime(candidate: Candidate, runtime_s: float | None) -> Decimal | 
     from cost_models.billing import charge
 
     return charge(Decimal(rate), Decimal(str(round(runtime_s, 3))), rule)
+
+
+RUN_MARKER = "job.json"
+
+
+def _check_folder_free(folder: Path) -> None:
+    """Refuse a run folder that already holds a run, before any job is recorded."""
+    if (folder / RUN_MARKER).exists() or (folder / "spec.json").exists():
+        owner = _folder_owner(folder)
+        raise InputError(
+            f"run folder {str(folder)!r} already holds "
+            f"{'job ' + owner if owner else 'a run'}; choose another --out folder, or "
+            "remove this one"
+        )
+
+
+def _folder_owner(folder: Path) -> str | None:
+    try:
+        owner = json.loads((folder / RUN_MARKER).read_text(encoding="utf-8"))["job_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(owner)
+
+
+def _claim_folder(folder: Path, job_id: str) -> None:
+    """Make `folder` the run folder of `job_id`, atomically, or refuse when another job
+    took it first: two jobs writing one folder would mix their files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with (folder / RUN_MARKER).open("x", encoding="utf-8") as handle:
+            handle.write(json.dumps({"job_id": job_id}) + "\n")
+        return
+    except FileExistsError:
+        pass
+    owner = None
+    for _ in range(20):  # the other writer may be half-way through its one line
+        owner = _folder_owner(folder)
+        if owner is not None:
+            break
+        time.sleep(0.05)
+    if owner != job_id:
+        raise InputError(
+            f"run folder {str(folder)!r} already holds job {owner or '(unknown)'}; "
+            "choose another --out folder, or remove this one"
+        )
 
 
 def _exclusion(

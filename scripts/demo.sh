@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 exec .venv/bin/automl-broker run data/adult.csv.gz --target class \
-  --max-runtime 120 --hours-per-month 730 --out runs/adult "$@"
+  --max-runtime 120 --hours-per-month 730 --out "runs/adult-$(date +%Y%m%d-%H%M%S)" "$@"

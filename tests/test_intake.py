@@ -530,8 +530,28 @@ def test_read_table_missing_file(tmp_path: Path) -> None:
 
 def test_read_table_ragged_row(tmp_path: Path) -> None:
     path = _write(tmp_path, "a,b\n1,2\n3,4,5\n")
-    with pytest.raises(DataReadError, match="every row has 2 fields"):
+    with pytest.raises(
+        DataReadError, match="line 3 has 3 field\\(s\\) where the header has 2"
+    ):
         read_table(path)
+
+
+def test_read_table_short_row_is_refused_not_filled(tmp_path: Path) -> None:
+    # pandas would fill the missing field with a blank and shift the row's meaning
+    path = _write(tmp_path, "label,x1,color\nyes,0.1,red\nno,0.2,blue\nyes,0.3\n")
+    with pytest.raises(
+        DataReadError, match="line 4 has 2 field\\(s\\) where the header has 3"
+    ):
+        read_table(path)
+
+
+def test_load_dataset_drops_infinite_regression_targets(tmp_path: Path) -> None:
+    rows = "\n".join(f"{(i * 7) % 5 + 0.5},{i * 1.5}" for i in range(30))
+    path = _write(tmp_path, "x,y\n" + rows + "\n2.5,inf\n3.5,-inf\n")
+    with pytest.warns(DataWarning, match="dropped 2 row\\(s\\) .* missing or infinite"):
+        dataset = load_dataset(JobSpec(data=path, target="y", task="regression"))
+    assert dataset.schema.n_rows == 30
+    assert dataset.schema.dropped_target_rows == (31, 32)
 
 
 # --- the held-out split ---------------------------------------------------------------
@@ -560,7 +580,7 @@ def test_split_holdout_stratified_and_deterministic() -> None:
 
 
 def test_split_holdout_single_row_class_falls_back(tmp_path: Path) -> None:
-    frame = pd.DataFrame({"x": [5, 2, 7, 1, 4, 6, 3], "y": list("aaabbbc")})
+    frame = pd.DataFrame({"x": [5, 2, 7, 1, 4, 6, 3, 9, 8], "y": list("aaaabbbbc")})
     dataset = load_dataset(JobSpec(data=frame, target="y"))
 
     with pytest.warns(DataWarning, match=r"class\(es\) 'c' of 'y' have a single row"):
@@ -570,10 +590,18 @@ def test_split_holdout_single_row_class_falls_back(tmp_path: Path) -> None:
 
 
 def test_split_holdout_too_few_rows_per_class() -> None:
-    frame = pd.DataFrame({"x": [5, 2, 6, 1, 4, 3], "y": list("aabbcc")})
+    frame = pd.DataFrame({"x": [5, 2, 6, 1, 4, 3, 9, 8, 7], "y": list("aaabbbccc")})
     dataset = load_dataset(JobSpec(data=frame, target="y"))
 
     with pytest.raises(InputError, match=r"gives 2 scoring.*fewer than the 3 classes"):
+        split_holdout(dataset, 0.2, seed=0)
+
+
+def test_split_holdout_refuses_a_table_too_small_to_score() -> None:
+    frame = pd.DataFrame({"x": [5.5, 2.5, 6.5, 1.5], "y": list("abab")})
+    dataset = load_dataset(JobSpec(data=frame, target="y"))
+
+    with pytest.raises(InputError, match=r"4 labelled rows are too few .*at least 8"):
         split_holdout(dataset, 0.2, seed=0)
 
 
@@ -603,3 +631,14 @@ def test_load_dataset_adult_types_and_counts(shared_datasets: Path) -> None:
     dtypes = to_safe_frame(dataset.frame, schema).dtypes
     assert (dtypes == np.float64).sum() == 6
     assert [str(t) for t in dtypes].count("object") == 8 + 1  # categoricals, target
+
+
+def test_load_dataset_refuses_an_identifier_as_target() -> None:
+    from broker.errors import TargetError
+
+    frame = pd.DataFrame(
+        {"x": [0.5, 1.5, 2.5, 3.5] * 5, "rid": [f"r{i:03d}" for i in range(20)]}
+    )
+
+    with pytest.raises(TargetError, match=r"'rid' has a different value in every one"):
+        load_dataset(JobSpec(data=frame, target="rid"))

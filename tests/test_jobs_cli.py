@@ -227,3 +227,19 @@ def test_jobs_cli_module_imports_nothing_heavy():
     )
 
     assert out.stdout.strip() == "[]"
+
+
+def test_logs_of_an_unknown_job_is_an_error(tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from broker.commands.jobs import register
+
+    monkeypatch.setenv("AUTOML_BROKER_HOME", str(tmp_path / "home"))
+    app = typer.Typer()
+    register(app)
+
+    result = CliRunner().invoke(app, ["logs", "job-nope"])
+
+    assert result.exit_code == 2
+    assert "job-nope" in result.output

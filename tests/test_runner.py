@@ -3,6 +3,7 @@ credential expiry, the dollar cap and resume (cases C21, C22, C23)."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -363,3 +364,21 @@ def test_runner_prices_a_machine_that_bills_nothing_itself():
     # 100.4 s rounds up to 101 billable seconds: $0.0101
     assert _priced_runtime(candidate, 100.4) == Decimal("0.010100")  # type: ignore[arg-type]
     assert _priced_runtime(candidate, None) is None  # type: ignore[arg-type]
+
+
+def test_runner_refuses_a_run_folder_that_holds_another_job(tmp_path):
+    from broker.errors import InputError
+
+    clock = FakeClock()
+    cloud = scripted(clock, "sagemaker", script=QUICK)
+    broker = make_broker(tmp_path, clock, {"sagemaker": cloud})
+    first = broker.run(spec("sagemaker"), run_dir=tmp_path / "run")
+
+    with pytest.raises(InputError, match=f"already holds job {first.job_id}"):
+        broker.run(spec("sagemaker"), run_dir=tmp_path / "run")
+
+    # the first run's files are untouched and no second job was recorded
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["job_id"] == (
+        first.job_id
+    )
+    assert [j.job_id for j in broker.store.list_jobs()] == [first.job_id]

@@ -85,3 +85,21 @@ def test_config_reads_rate_as_decimal(tmp_path):
 def test_config_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ConfigurationError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("local_rate_usd_per_hour: .inf\n", "finite number of dollars"),
+        ("local_rate_usd_per_hour: -1\n", "finite number of dollars"),
+        ("poll_interval_s: abc\n", "poll_interval_s must be a number of seconds above 0"),
+        ("poll_interval_s: 0\n", "poll_interval_s must be a number of seconds above 0"),
+        ("pending_timeout_s: .nan\n", "pending_timeout_s must be a number of seconds"),
+        ("providers: {vertex: 5}\n", "providers.vertex must be a mapping of settings"),
+    ],
+)
+def test_config_bad_values_are_named(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError, match=message):
+        load_config(path)

@@ -811,3 +811,20 @@ def test_redact_masks_values_under_secret_keys_and_keeps_the_rest() -> None:
         "items": [{"secret": MASK}, f"Bearer {MASK}"],
     }
     assert data["token"] == "abc"  # the input is not changed
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("apitoken", "APITOKENVALUE333"),
+        ("pat", "PATVALUE444x"),
+        ("sp_pass", "SPPASS666"),
+        ("hf", "hf_" + "HFTOKENVALUE000abcdefgh"),
+        ("note", "gh" + "p_" + "A1b2C3d4E5f6G7h8I9j0K1l2"),
+    ],
+)
+def test_redact_masks_run_together_names_and_prefixed_tokens(key, value):
+    from broker.redact import MASK, redact
+
+    # the value goes, whether the key gives it away or the value's shape does
+    assert redact({key: value}) == {key: MASK}

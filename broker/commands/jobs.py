@@ -121,6 +121,7 @@ def logs(
     import time
 
     store = _broker(config).store
+    _guarded(lambda: store.get(job_id))  # an unknown job is an error, not an empty log
     events = _guarded(lambda: store.events(job_id))
     console = _console()
     console.print(_events_table(job_id, events))
