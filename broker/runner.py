@@ -1439,7 +1439,13 @@ def _prepared_from_folder(folder: Path, spec_payload: dict[str, Any]) -> Prepare
         seed=spec.seed,
         stratified=False,
     )
-    return Prepared(spec=spec, dataset=dataset, split=split, plan=None, holdout=dataset)  # type: ignore[arg-type]
+    return Prepared(
+        spec=spec,
+        dataset=dataset,
+        split=split,
+        plan=None,  # type: ignore[arg-type]
+        holdout=dataset,
+    )
 
 
 def _submitted(attempt: _Attempt) -> ProviderJobRef:

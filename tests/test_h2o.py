@@ -501,7 +501,8 @@ def embedded(
     try:
         ref = provider.submit(job)
         assert provider.cluster is not None
-        pid, temp_dir = provider.cluster.process.pid, provider.cluster.temp_dir  # type: ignore[union-attr]
+        cluster = provider.cluster
+        pid, temp_dir = cluster.process.pid, cluster.temp_dir  # type: ignore[union-attr]
         ice_root = provider.cluster.ice_root
         states = wait_terminal(provider, ref)
         result = provider.result(ref, job)

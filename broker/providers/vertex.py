@@ -78,7 +78,10 @@ NODE_HOUR_USD = Decimal("21.252")
 
 MIN_BUDGET_MILLI_NODE_HOURS = 1000
 MAX_BUDGET_MILLI_NODE_HOURS = 72000
-TABULAR_TRAINING_SCHEMA = "gs://google-cloud-aiplatform/schema/trainingjob/definition/automl_tabular_1.0.0.yaml"
+TABULAR_TRAINING_SCHEMA = (
+    "gs://google-cloud-aiplatform/schema/trainingjob/definition/"
+    "automl_tabular_1.0.0.yaml"
+)
 TABULAR_DATASET_SCHEMA = (
     "gs://google-cloud-aiplatform/schema/dataset/metadata/tabular_1.0.0.yaml"
 )

@@ -151,7 +151,8 @@ def _sagemaker(stack: ExitStack, fault: str, clock: Clock) -> tuple[Any, Provide
         ),
         candidates=(sf.CandidatePlan("xgboost", 2, 1.5),),
     )
-    server = stack.enter_context(sf.AutopilotFake(clock=clock, script=script))  # type: ignore[arg-type]
+    fake = sf.AutopilotFake(clock=clock, script=script)  # type: ignore[arg-type]
+    server = stack.enter_context(fake)
     operation = "CreateAutoMLJobV2"
     aws_fault = {
         "quota": "quota",
