@@ -57,6 +57,16 @@ MaxUsdOpt = Annotated[
 RuntimeOpt = Annotated[
     int | None, typer.Option("--max-runtime", help="Runtime budget in seconds.")
 ]
+StrategyOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Local search strategy: random, grid, tpe, rl or evolution.",
+    ),
+]
+PrunerOpt = Annotated[
+    str | None,
+    typer.Option(help="Local search pruning: none, median, asha or hyperband."),
+]
 PreferOpt = Annotated[
     str | None,
     typer.Option(help="Comma-separated providers to try first, in order, before cost."),
@@ -158,6 +168,21 @@ def _build_spec(
         deployment["hours_per_month"] = hours_per_month
     base["deployment"] = deployment
     return parse_spec(base)
+
+
+def _with_local_options(spec: JobSpec, **options: str | None) -> JobSpec:
+    """The spec with CLI options for the local search merged into its provider
+    options (the spec file's own values give way to the command line's)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if not given:
+        return spec
+    from broker.spec import parse_spec
+
+    provider_options = {k: dict(v) for k, v in spec.provider_options.items()}
+    provider_options.setdefault("local", {}).update(given)
+    payload = spec.model_dump(exclude={"provider_options"})
+    payload["provider_options"] = provider_options
+    return parse_spec(payload)
 
 
 def _make_broker(
@@ -434,6 +459,8 @@ def run(
         typer.Option("--out", "-o", help="Run folder (default runs/JOB_ID)."),
     ] = None,
     fakes: FakesOpt = None,
+    strategy: StrategyOpt = None,
+    pruner: PrunerOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Plan the job, run it on the best available provider, and report the results."""
@@ -491,6 +518,7 @@ def run(
             ignore=ignore,
             seed=seed,
         )
+        job_spec = _with_local_options(job_spec, strategy=strategy, pruner=pruner)
         with ExitStack() as stack, _shown_warnings():
             fake_providers = None
             if fakes is not None:

@@ -27,6 +27,21 @@ def _no_cloud_credentials(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+@pytest.fixture(autouse=True)
+def _own_broker_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Give each test its own job store, search memory and config folders, and drop
+    the user's broker settings, so no test reads or writes the user's own."""
+    for name in list(os.environ):
+        if name.startswith("AUTOML_BROKER_"):
+            monkeypatch.delenv(name, raising=False)
+    home = tmp_path_factory.mktemp("broker-home")
+    monkeypatch.setenv("AUTOML_BROKER_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "xdg-data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "xdg-config"))
+
+
 @pytest.fixture
 def shared_datasets() -> Path:
     """The shared benchmark datasets folder; skips the test when it is absent."""

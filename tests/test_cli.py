@@ -159,3 +159,36 @@ def test_cli_help_loads_no_heavy_library() -> None:
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_cli_run_selects_the_local_search_strategy(
+    table_csv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(table_csv),
+            "--target",
+            "label",
+            "--providers",
+            "local",
+            "--max-runtime",
+            "12",
+            "--strategy",
+            "tpe",
+            "--pruner",
+            "asha",
+            "--out",
+            str(out),
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["provider_options"]["local"] == {"strategy": "tpe", "pruner": "asha"}
+    stored = json.loads((out / "result.json").read_text())
+    assert stored["provider"] == "local" and stored["state"] == "succeeded"
+    units = stored["cost"]["provider_units"]
+    assert (units["strategy"], units["pruner"]) == ("tpe", "asha")

@@ -112,3 +112,33 @@ def test_export_load_wrong_format_names_it(tmp_path: Path) -> None:
 def test_export_load_missing_folder_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"cannot read a saved local model"):
         load_model(tmp_path / "absent")
+
+
+def test_network_per_layer_widths_and_skip_connections_round_trip(
+    tmp_path: Path,
+) -> None:
+    frame = pd.DataFrame({"num": [0.1, 0.5, 0.9, 0.3], "cat": ["a", "b", "a", "b"]})
+    pre = TabularPreprocessor.fit(
+        frame, numeric=["num"], categorical=["cat"], min_count=1
+    )
+    trial = {"depth": 3, "width": 16, "width_2": 8, "width_3": 8, "skip": True}
+    network = NetworkConfig.from_trial(
+        trial, n_numeric=1, cardinalities=pre.cardinalities, n_outputs=2
+    )
+    torch.manual_seed(0)
+    module = TabularNet(network)
+    model = TorchTabularModel(
+        preprocessor=pre,
+        target=TargetEncoder("binary", ["no", "yes"]),
+        network=network,
+        state_dict=module.state_dict(),
+    )
+
+    loaded = load_model(model.save(tmp_path / "model"))
+
+    assert network.widths == [16, 8, 8]
+    # a projection where the width changes (input 1 + 4 -> 16, 16 -> 8), none at 8 -> 8
+    projections = [type(p).__name__ for p in module.projections]
+    assert projections == ["Linear", "Linear", "Identity"]
+    assert loaded.network == network
+    np.testing.assert_allclose(loaded.predict_proba(frame), model.predict_proba(frame))

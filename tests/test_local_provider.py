@@ -10,7 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from broker.errors import InvalidRequestError, NoModelTrainedError
+from broker.errors import (
+    InvalidRequestError,
+    NoModelTrainedError,
+    ProviderUnavailableError,
+)
 from broker.local.space import Categorical, SearchSpace
 from broker.providers import create_provider
 from broker.providers.base import ProviderJob, ProviderJobRef, ProviderStatus
@@ -30,6 +34,12 @@ SMALL = {
     "weight_decay": 0.0,
     "batch_size": 16,
 }
+
+
+@pytest.fixture(autouse=True)
+def _broker_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Earlier searches are kept in the test's own folder, never the user's."""
+    monkeypatch.setenv("AUTOML_BROKER_HOME", str(tmp_path / "home"))
 
 
 def _space() -> SearchSpace:
@@ -61,6 +71,7 @@ def _job(
     runtime_limit_s: float = 60,
     options: dict[str, object] | None = None,
     key: str = "key-1",
+    provider_options: dict[str, object] | None = None,
 ) -> ProviderJob:
     frame = _frame(n)
     schema = Schema(
@@ -76,7 +87,13 @@ def _job(
         positive_class="yes",
         n_rows=n,
     )
-    spec = JobSpec(data=frame, target="label", task=Task.BINARY, seed=0)
+    spec = JobSpec(
+        data=frame,
+        target="label",
+        task=Task.BINARY,
+        seed=0,
+        provider_options={"local": provider_options or {}},
+    )
     return ProviderJob(
         job_id="job-1",
         idempotency_key=key,
@@ -235,9 +252,9 @@ def test_local_provider_bad_option_is_refused_at_submit(tmp_path: Path) -> None:
     provider = LocalProvider()
 
     with pytest.raises(
-        InvalidRequestError, match=r"strategy 'evolution' is not available"
+        InvalidRequestError, match=r"strategy 'annealing' is not available"
     ):
-        provider.submit(_job(tmp_path, options={"strategy": "evolution"}))
+        provider.submit(_job(tmp_path, options={"strategy": "annealing"}))
 
 
 def test_local_provider_unknown_ref_is_an_invalid_request() -> None:
@@ -261,3 +278,59 @@ def test_local_provider_close_joins_running_jobs(tmp_path: Path) -> None:
 
     assert provider.poll(ref).state == JobState.CANCELLED
     assert _alive(ref) == []
+
+
+@pytest.mark.parametrize("strategy", ["random", "grid", "tpe", "rl", "evolution"])
+def test_local_provider_strategy_comes_from_the_spec_provider_options(
+    tmp_path: Path, strategy: str
+) -> None:
+    provider = LocalProvider(space=_space())
+    job = _job(tmp_path, provider_options={"strategy": strategy, "pruner": "median"})
+
+    ref = provider.submit(job)
+    _wait(provider, ref)
+    result = provider.result(ref, job)
+
+    assert result.provider_units["strategy"] == strategy
+    assert result.provider_units["pruner"] == "median"
+    assert result.provider_units["epochs"] == 3
+    assert len(result.leaderboard) == 3
+
+
+def test_local_provider_notes_say_which_earlier_configurations_were_reused(
+    tmp_path: Path,
+) -> None:
+    provider = LocalProvider(space=_space())
+    first_job = _job(tmp_path / "a", key="key-a")
+    ref = provider.submit(first_job)
+    _wait(provider, ref)
+    earlier = provider.result(ref, first_job)
+
+    second_job = _job(tmp_path / "b", key="key-b")
+    second_ref = provider.submit(second_job)
+    _wait(provider, second_ref)
+    second = provider.result(second_ref, second_job)
+
+    assert not any("earlier search" in n for n in earlier.notes)
+    assert any(
+        n.startswith("started from 3 configuration(s) of an earlier search")
+        and "40 rows, 2 columns (1 numeric), binary" in n
+        for n in second.notes
+    )
+    assert (tmp_path / "home" / "local-searches.json").is_file()
+
+
+def test_local_provider_ray_address_without_ray_is_unavailable_at_submit(
+    tmp_path: Path,
+) -> None:
+    provider = LocalProvider(space=_space())
+
+    with pytest.raises(
+        ProviderUnavailableError,
+        match=r"install it with pip install 'automl-broker\[ray\]'",
+    ):
+        provider.submit(
+            _job(tmp_path, options={"ray_address": "ray://127.0.0.1:10001"})
+        )
+
+    assert provider.find_by_idempotency_key("key-1") is None

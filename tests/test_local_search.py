@@ -238,7 +238,10 @@ def test_search_metric_that_does_not_fit_the_task_is_refused() -> None:
     ("options", "message"),
     [
         ({"max_trials": 0}, r"max_trials must be at least 1"),
-        ({"strategy": "tpe"}, r"strategy 'tpe' is not available"),
+        ({"strategy": "annealing"}, r"strategy 'annealing' is not available"),
+        ({"pruner": "bohb"}, r"pruner 'bohb' is not available"),
+        ({"workers": 0}, r"workers must be a whole number of at least 1, got 0"),
+        ({"input_shape": [8, 8]}, r"input_shape must be \[channels, height, width\]"),
         ({"patience": 0}, r"patience must be at least 1"),
         ({"trials": 3}, r"unknown local option\(s\) \['trials'\]"),
     ],

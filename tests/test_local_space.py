@@ -11,10 +11,13 @@ from broker.local.search import RandomStrategy
 from broker.local.space import (
     DEFAULT_CONFIG,
     Categorical,
+    Conditional,
     FloatLogRange,
+    FloatRange,
     IntRange,
     SearchSpace,
     default_space,
+    image_space,
 )
 
 
@@ -57,6 +60,8 @@ def test_space_empty_ranges_are_configuration_errors() -> None:
         IntRange(3, 1)
     with pytest.raises(ConfigurationError, match=r"needs 0 < low <= high"):
         FloatLogRange(0.0, 1.0)
+    with pytest.raises(ConfigurationError, match=r"float range \[1.0, 0.0\] is empty"):
+        FloatRange(1.0, 0.0)
     with pytest.raises(ConfigurationError, match=r"at least one choice"):
         Categorical([])
 
@@ -82,3 +87,72 @@ def test_default_space_first_trial_is_the_default_configuration() -> None:
     strategy = RandomStrategy(default_space(), seed=3)
 
     assert strategy.ask() == DEFAULT_CONFIG
+
+
+def test_space_conditional_parameter_exists_only_while_its_parent_allows() -> None:
+    space = default_space()
+    rng = random.Random(0)
+
+    samples = [space.sample(rng) for _ in range(300)]
+
+    # width_3 is drawn for three or four layers, and absent (not fixed) otherwise
+    assert all(("width_3" in s) == (s["depth"] >= 3) for s in samples)
+    assert all(("width_4" in s) == (s["depth"] == 4) for s in samples)
+    assert {s["depth"] for s in samples} == {1, 2, 3, 4}
+
+
+def test_space_linear_float_range_samples_evenly() -> None:
+    space = SearchSpace(params={"dropout": FloatRange(0.0, 0.5)})
+    rng = random.Random(1)
+
+    values = [space.sample(rng)["dropout"] for _ in range(2000)]
+
+    assert min(values) >= 0.0 and max(values) <= 0.5
+    # uniform on [0, 0.5]: mean 0.25; a log scale could not even hold 0
+    assert sum(values) / len(values) == pytest.approx(0.25, abs=0.02)
+    assert FloatRange(0.0, 0.5).grid(3) == [0.0, 0.25, 0.5]
+    assert FloatRange(1e-4, 1e-2, log=True).grid(3) == pytest.approx([1e-4, 1e-3, 1e-2])
+
+
+def test_space_size_counts_active_configurations_of_conditional_spaces() -> None:
+    space = SearchSpace(
+        params={
+            "depth": IntRange(1, 2),
+            "width": Categorical([4, 8]),
+            "width_2": Conditional(
+                Categorical([4, 8, 16]), parent="depth", values=(2,)
+            ),
+        }
+    )
+
+    # depth 1: 2 widths; depth 2: 2 x 3
+    assert space.size == 8
+    assert len(space.grid()) == 8
+
+
+def test_space_conditional_on_a_missing_parent_is_a_configuration_error() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"name parents that are not in the space"
+    ):
+        SearchSpace(
+            params={"width_2": Conditional(IntRange(1, 4), parent="depth", values=(2,))}
+        )
+
+
+def test_space_contains_checks_active_parameters_only() -> None:
+    space = default_space()
+
+    assert space.contains(DEFAULT_CONFIG)
+    assert not space.contains({**DEFAULT_CONFIG, "width_2": 100})
+    assert space.contains({**DEFAULT_CONFIG, "depth": 1, "width_2": 100})
+    assert not space.contains({**DEFAULT_CONFIG, "learning_rate": 1.0})
+
+
+def test_image_space_default_is_inside_the_space_and_of_kind_image() -> None:
+    space = image_space()
+
+    assert space.kind == "image"
+    assert space.contains(space.default_config() or {})
+    assert {"conv_blocks", "channels", "kernel_size", "pooling", "head_width"} <= set(
+        space.params
+    )

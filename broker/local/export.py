@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from broker.errors import ConfigurationError, InputError
-from broker.local.network import NetworkConfig
+from broker.local.network import AnyNetworkConfig, network_from_dict
 from broker.local.preprocess import TabularPreprocessor, TargetEncoder, _jsonable
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 
 
 class TorchTabularModel:
-    """A trained tabular network with its preprocessing, ready to predict.
+    """A trained network (dense or, for images, convolutional) with its preprocessing.
 
     Frames passed in use the features' safe names; extra columns are ignored.
     """
@@ -43,17 +43,15 @@ class TorchTabularModel:
         *,
         preprocessor: TabularPreprocessor,
         target: TargetEncoder,
-        network: NetworkConfig,
+        network: AnyNetworkConfig,
         state_dict: dict[str, torch.Tensor],
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        from broker.local.network import TabularNet
-
         self.preprocessor = preprocessor
         self.target = target
         self.network = network
         self.metadata = dict(metadata or {})
-        self._module = TabularNet(network)
+        self._module = network.build()
         self._module.load_state_dict(state_dict)
         self._module.eval()
 
@@ -172,7 +170,7 @@ def load_model(path: str | Path) -> TorchTabularModel:
     return TorchTabularModel(
         preprocessor=TabularPreprocessor.from_dict(preprocess_json["features"]),
         target=TargetEncoder.from_dict(preprocess_json["target"]),
-        network=NetworkConfig.from_dict(model_json["architecture"]),
+        network=network_from_dict(model_json["architecture"]),
         state_dict=state_dict,
         metadata=model_json.get("metadata", {}),
     )

@@ -6,6 +6,9 @@ to long tails such as capital gains). Categorical columns become integer codes f
 embedding: index 0 is "missing", index 1 is "<unk>" (a value seen fewer than `min_count`
 times in training, or never), and each frequent training value gets its own index.
 
+Image pixels (``scaling="pixels"``) are instead divided by the largest training pixel
+value and centred, one scale for every pixel, so that relative brightness is kept.
+
 Everything fitted is plain numbers and strings, saved as JSON (`to_dict`/`from_dict`), so a
 saved model never needs pickled code to load.
 """
@@ -65,6 +68,7 @@ class TabularPreprocessor:
     categorical: list[CategoricalColumn] = field(default_factory=list)
     min_count: int = 2
     numeric_bins: int = 0
+    pixel_scale: float | None = None  # set: pixels, divided by it and centred
 
     @classmethod
     def fit(
@@ -75,6 +79,7 @@ class TabularPreprocessor:
         categorical: list[str],
         min_count: int = 2,
         numeric_bins: int = 0,
+        scaling: str = "quantile",
     ) -> TabularPreprocessor:
         """Learn medians, quantiles and vocabularies from the training rows in `frame`.
 
@@ -82,6 +87,8 @@ class TabularPreprocessor:
             min_count: a categorical value seen fewer times than this becomes "<unk>".
             numeric_bins: when above 1, each numeric column with more distinct values
                 also gets a quantile-bin code, read by an embedding like a category.
+            scaling: "quantile" maps each numeric column to a normal through its
+                quantiles; "pixels" divides every column by the largest value.
         """
         _require_columns(frame, [*numeric, *categorical])
         numeric_columns = [
@@ -90,7 +97,14 @@ class TabularPreprocessor:
         categorical_columns = [
             _fit_categorical(frame[name], name, min_count) for name in categorical
         ]
-        return cls(numeric_columns, categorical_columns, min_count, numeric_bins)
+        pixel_scale = None
+        if scaling == "pixels" and numeric:
+            values = np.abs(np.stack([_as_float(frame[n]) for n in numeric]))
+            largest = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+            pixel_scale = largest if largest > 0 else 1.0
+        return cls(
+            numeric_columns, categorical_columns, min_count, numeric_bins, pixel_scale
+        )
 
     @property
     def n_numeric_inputs(self) -> int:
@@ -126,7 +140,10 @@ class TabularPreprocessor:
                 bins = np.searchsorted(col.bin_edges, values, side="right") + 1
                 bin_codes.append(np.where(missing, MISSING_INDEX, bins))
             values = np.where(missing, col.median, values)
-            numeric_parts.append(_quantile_normal(values, col.quantiles))
+            if self.pixel_scale is not None:
+                numeric_parts.append(2.0 * values / self.pixel_scale - 1.0)
+            else:
+                numeric_parts.append(_quantile_normal(values, col.quantiles))
             if col.has_indicator:
                 numeric_parts.append(missing.astype(np.float32))
         x_num = (
@@ -150,6 +167,7 @@ class TabularPreprocessor:
         return {
             "min_count": self.min_count,
             "numeric_bins": self.numeric_bins,
+            "pixel_scale": self.pixel_scale,
             "numeric": [vars(c) for c in self.numeric],
             "categorical": [vars(c) for c in self.categorical],
         }
@@ -161,6 +179,7 @@ class TabularPreprocessor:
             categorical=[CategoricalColumn(**c) for c in payload["categorical"]],
             min_count=int(payload.get("min_count", 2)),
             numeric_bins=int(payload.get("numeric_bins", 0)),
+            pixel_scale=payload.get("pixel_scale"),
         )
 
 

@@ -1,40 +1,73 @@
 """Search network configurations within a deadline, a trial limit and a stop signal.
 
 The search carves a validation split from the training rows it is given (the broker's
-held-out rows never reach it), fits the preprocessing on the rest, then runs trials one after
-another: the space's default configuration first, then configurations drawn by the strategy.
-No trial starts after the deadline; a trial running at the deadline stops at its next epoch
-boundary and keeps its best weights, so the search returns promptly with what it has.
+held-out rows never reach it), fits the preprocessing on the rest, then runs trials: the
+configurations of similar earlier searches and the space's default first, then those the
+strategy chooses (random, grid, tpe, rl or evolution; see :mod:`broker.local.strategies`).
+
+Costs are cut three ways: each trial stops early when its validation score stalls; a
+pruner (median, asha, hyperband) stops trials that trail the others after as many
+epochs; and the whole search stops after `stop_after_no_improvement` trials in a row
+that do not beat the best one.
+
+No trial starts after the deadline; a trial running at the deadline stops at its next
+epoch boundary and keeps its best weights and score, so the search returns promptly with
+what it has. Trials run one at a time in the calling thread, or in worker processes
+(`workers` > 1, one per GPU on a multi-GPU machine), or on a Ray cluster.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from broker.errors import ConfigurationError, NoModelTrainedError
+from broker.errors import (
+    ConfigurationError,
+    NoModelTrainedError,
+)
 from broker.local.export import TorchTabularModel
+from broker.local.image import (
+    ImageLayout,
+    check_image,
+    detect_image_shape,
+    image_layout,
+)
+from broker.local.loop import (
+    DEADLINE_GRACE_S,
+    SearchLoop,
+    require_ray,
+    run_in_thread,
+    run_in_workers,
+    run_on_ray,
+)
 from broker.local.preprocess import TabularPreprocessor, TargetEncoder
+from broker.local.pruning import PRUNERS
 from broker.local.scoring import ValidationMetric
-from broker.local.space import SearchSpace, default_space
-from broker.local.trainer import TrialData, TrialOutcome, select_device, train_trial
+from broker.local.space import SearchSpace, default_space, image_space
+from broker.local.strategies import (
+    STRATEGIES,
+    RandomStrategy,
+    make_strategy,
+)
+from broker.local.trainer import TrialData, TrialOutcome
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from broker.local.knowledge import KnowledgeBase
+    from broker.local.parallel import Execution
+
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("random",)
-# An epoch still running this long after the deadline is abandoned.
-DEADLINE_GRACE_S = 1.5
+# How many of a search's best configurations are kept for later searches.
+REMEMBERED_CONFIGS = 3
 
 
 @dataclass(frozen=True)
@@ -43,11 +76,25 @@ class SearchOptions:
 
     Args:
         max_trials: stop after this many trials; None runs until the deadline.
-        seed: seeds the validation split, the strategy and each trial's weights.
-        strategy: how configurations are chosen; "random" for now.
+        seed: seeds the validation split, the strategy and each trial's weights; on
+            the CPU with one worker the same seed gives the same search.
+        strategy: how configurations are chosen: random, grid, tpe, rl or evolution.
         patience: epochs without improvement before a trial stops.
         max_epochs: epochs at most per trial.
         validation_fraction: share of the training rows kept for validation.
+        pruner: none, median, asha or hyperband (epochs are the fidelity).
+        stop_after_no_improvement: end the search after this many trials in a row
+            that do not beat the best one; None never does.
+        workers: trials run at once, each in its own process; None picks one per
+            GPU, else one on a machine of up to two cores.
+        ray_address: run trials on the Ray cluster at this address (needs the `ray`
+            extra).
+        input_shape: [channels, height, width] to read the numeric columns as image
+            pixels and search convolutional networks; None detects 64, 256, ...
+            numeric columns named pixel_0, pixel_1, ... as one square grey image.
+        warm_start: start from the best configurations of similar earlier searches,
+            and remember this one's.
+        grid_points: values per numeric range for the grid strategy.
     """
 
     max_trials: int | None = None
@@ -58,6 +105,13 @@ class SearchOptions:
     validation_fraction: float = 0.2
     min_category_count: int = 2
     numeric_bins: int = 0
+    pruner: str = "none"
+    stop_after_no_improvement: int | None = None
+    workers: int | None = None
+    ray_address: str | None = None
+    input_shape: list[int] | None = None
+    warm_start: bool = True
+    grid_points: int = 3
 
     def __post_init__(self) -> None:
         if self.max_trials is not None and self.max_trials < 1:
@@ -66,10 +120,13 @@ class SearchOptions:
                 f"search until the runtime budget ends"
             )
         if self.strategy not in STRATEGIES:
-            # TODO(local-strategies): grid, TPE, RL and evolution go behind this option.
             raise ConfigurationError(
                 f"search strategy {self.strategy!r} is not available; choose from "
                 f"{list(STRATEGIES)}"
+            )
+        if self.pruner not in PRUNERS:
+            raise ConfigurationError(
+                f"pruner {self.pruner!r} is not available; choose from {list(PRUNERS)}"
             )
         if self.patience < 1:
             raise ConfigurationError(
@@ -83,6 +140,19 @@ class SearchOptions:
             raise ConfigurationError(
                 f"validation_fraction must be between 0 and 0.9, got "
                 f"{self.validation_fraction}"
+            )
+        for name in ("stop_after_no_improvement", "workers", "grid_points"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ConfigurationError(
+                    f"{name} must be a whole number of at least 1, got {value!r}"
+                )
+        if self.input_shape is not None and (
+            len(self.input_shape) != 3 or min(self.input_shape) < 1
+        ):
+            raise ConfigurationError(
+                f"input_shape must be [channels, height, width] with positive sizes, "
+                f"got {self.input_shape}; for 8x8 grey images use [1, 8, 8]"
             )
 
     @classmethod
@@ -98,47 +168,15 @@ class SearchOptions:
             raise ConfigurationError(
                 f"unknown local option(s) {unknown}; choose from {sorted(known)}"
             )
+        values = dict(options)
         try:
-            return cls(**dict(options))
-        except TypeError as exc:
+            if values.get("input_shape") is not None:
+                values["input_shape"] = [int(v) for v in values["input_shape"]]
+            return cls(**values)
+        except ConfigurationError:
+            raise
+        except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"invalid local option: {exc}") from None
-
-
-class Strategy(Protocol):
-    def ask(self) -> dict[str, Any] | None:
-        """The next configuration, or None when the space is exhausted."""
-
-    def tell(self, config: dict[str, Any], score: float) -> None:
-        """The validation score a configuration reached."""
-
-
-class RandomStrategy:
-    """The space's default first, then uniform draws, never the same configuration twice."""
-
-    def __init__(self, space: SearchSpace, seed: int) -> None:
-        self.space = space
-        self._rng = random.Random(seed)
-        self._seen: set[str] = set()
-        self._default = space.default_config()
-
-    def ask(self) -> dict[str, Any] | None:
-        if self._default is not None:
-            config, self._default = self._default, None
-            self._seen.add(_key(config))
-            return config
-
-        size = self.space.size
-        if size is not None and len(self._seen) >= size:
-            return None
-        for _ in range(1000):
-            config = self.space.sample(self._rng)
-            if _key(config) not in self._seen:
-                self._seen.add(_key(config))
-                return config
-        return None
-
-    def tell(self, config: dict[str, Any], score: float) -> None:
-        return None
 
 
 @dataclass
@@ -150,12 +188,21 @@ class SearchResult:
     metric: ValidationMetric
     preprocessor: TabularPreprocessor
     target: TargetEncoder
-    stop_reason: str  # max_trials, deadline, cancelled, space_exhausted
+    stop_reason: str  # max_trials, deadline, cancelled, space_exhausted, no_improvement
     elapsed_s: float
     preprocess_s: float
     n_train_rows: int
     n_validation_rows: int
     notes: list[str] = field(default_factory=list)
+    strategy: str = "random"
+    pruner: str = "none"
+    space_kind: str = "tabular"
+    warm_started: int = 0
+
+    @property
+    def epochs_total(self) -> int:
+        """Training epochs spent over all trials: the search's compute."""
+        return sum(t.epochs_run for t in self.trials)
 
     def best_model(self) -> TorchTabularModel:
         """The best trial's network with its preprocessing.
@@ -177,6 +224,7 @@ class SearchResult:
                 "config": self.best.config,
                 "metric": self.metric.name,
                 "validation_score": self.best.score,
+                "strategy": self.strategy,
             },
         )
 
@@ -198,14 +246,25 @@ def run_search(
     started: float | None = None,
     after_preprocess: Callable[[], None] | None = None,
     on_trial: Callable[[TrialOutcome, TrialOutcome], None] | None = None,
+    knowledge: KnowledgeBase | None = None,
+    execution: Execution | None = None,
+    dropped: list[str] | None = None,
 ) -> SearchResult:
     """Search network configurations on `train` (safe column names plus the target).
 
     Args:
         budget_s: seconds from `started` (default: now) after which no trial starts.
+        space: the space to search; default the tabular space, or the image space
+            when the options give or the columns imply an image shape.
         stop_event: set it to stop the search at the next epoch boundary.
         after_preprocess: called once preprocessing is done (a seam for tests).
         on_trial: called after each trial with it and the best trial so far.
+        knowledge: earlier searches to start from and to add this one to (when the
+            `warm_start` option is on); None neither reads nor writes any.
+        execution: workers, devices and threads; default from the `workers` option
+            and this machine's cores and GPUs.
+        dropped: feature columns the intake dropped (constant ones); pixel columns
+            among them keep their place in an image, reading 0.
 
     Returns:
         Every trial and the best one. Cancelled before the first trial ends: no best.
@@ -213,12 +272,18 @@ def run_search(
     Raises:
         NoModelTrainedError: the budget ran out before the first trial could start.
         ConfigurationError: a bad option or a metric that does not fit the task.
+        ProviderUnavailableError: `ray_address` is given and Ray is not installed.
     """
     options = options or SearchOptions()
-    space = space or default_space()
+    if options.ray_address:
+        require_ray(options.ray_address)
     stop_event = stop_event or threading.Event()
     started = time.monotonic() if started is None else started
     deadline = started + budget_s
+    layout = image_layout(numeric, categorical, dropped or [], options.input_shape)
+    if layout is not None:
+        numeric = layout.columns
+    space = space or (image_space() if layout is not None else default_space())
 
     # 1. validation split and preprocessing, inside the budget
     target_encoder = TargetEncoder.fit(train[target], task=task, classes=classes)
@@ -226,8 +291,20 @@ def run_search(
     validation_metric = ValidationMetric.create(metric, task, positive_index)
     fit_rows, val_rows = _validation_split(train, target, task, options)
     data, preprocessor = _prepare(
-        train, fit_rows, val_rows, target, numeric, categorical, target_encoder, options
+        train,
+        fit_rows,
+        val_rows,
+        target,
+        numeric,
+        categorical,
+        target_encoder,
+        options,
+        scaling="quantile" if layout is None else "pixels",
     )
+    if layout is not None:
+        check_image(data, layout)
+        data.input_shape = layout.shape
+        data.pixel_positions = layout.positions
     notes = _fallback_if_undefined(validation_metric, data)
     if notes:
         validation_metric = ValidationMetric.create("log_loss", task, positive_index)
@@ -235,72 +312,50 @@ def run_search(
         after_preprocess()
     preprocess_s = time.monotonic() - started
 
-    # 2. trials until a limit is reached
-    device = select_device()
-    strategy = RandomStrategy(space, options.seed)
-    trials: list[TrialOutcome] = []
-    best: TrialOutcome | None = None
+    # 2. earlier searches on similar data go first, then the space's default
+    first, meta = _warm_start(
+        knowledge,
+        options,
+        space,
+        train,
+        target,
+        task,
+        numeric,
+        categorical,
+        validation_metric.name,
+    )
+    if first:
+        notes.append(first.note)
+    default = space.default_config()
+    strategy = make_strategy(
+        options.strategy,
+        space,
+        seed=options.seed,
+        first=[*(first.configs if first else []), *([default] if default else [])],
+        grid_points=options.grid_points,
+    )
 
-    def should_stop() -> str | None:
-        if stop_event.is_set():
-            return "cancelled"
-        if time.monotonic() >= deadline:
-            return "deadline"
-        return None
-
-    while True:
-        reason = should_stop()
-        if reason is None and options.max_trials is not None:
-            reason = "max_trials" if len(trials) >= options.max_trials else None
-        config = strategy.ask() if reason is None else None
-        if reason is None and config is None:
-            reason = "space_exhausted"
-        if reason is not None or config is None:
-            break
-
-        number = len(trials) + 1
-        outcome = train_trial(
-            number,
-            config,
-            data,
-            validation_metric,
-            patience=options.patience,
-            max_epochs=options.max_epochs,
-            should_stop=should_stop,
-            device=device,
-            seed=options.seed * 1000 + number,
-            hard_deadline=deadline + DEADLINE_GRACE_S,
-            keep_first_epoch=best is None,
-        )
-        if outcome.epochs_run == 0:
-            logger.info("trial %d: no epoch finished before the deadline", number)
-            reason = "deadline"
-            break
-        strategy.tell(config, outcome.score)
-        trials.append(outcome)
-        if best is None or validation_metric.better(outcome.score, best.score):
-            if best is not None:
-                best.state_dict = {}  # keep only the best weights in memory
-            best = outcome
+    # 3. trials until a limit is reached
+    loop = SearchLoop(
+        options=options,
+        strategy=strategy,
+        metric=validation_metric,
+        deadline=deadline,
+        stop_event=stop_event,
+        on_trial=on_trial,
+    )
+    if options.ray_address:
+        reason = run_on_ray(loop, data, options)
+    else:
+        execution = execution or _plan(options)
+        if execution.in_process:
+            reason = run_in_thread(loop, data, execution)
         else:
-            outcome.state_dict = {}
-        logger.info(
-            "trial %d: %s %.5f after %d epochs (%s) in %.1fs; best %.5f (trial %d)",
-            number,
-            validation_metric.name,
-            outcome.score,
-            outcome.epochs_run,
-            outcome.stop_reason,
-            outcome.training_time_s,
-            best.score,
-            best.trial_number,
-        )
-        if on_trial is not None:
-            on_trial(outcome, best)
+            reason = run_in_workers(loop, data, execution)
 
-    # 3. nothing trained: the budget was spent before the first trial
+    # 4. nothing trained: the budget was spent before the first trial
     elapsed = time.monotonic() - started
-    if best is None and reason == "deadline":
+    if loop.best is None and reason == "deadline":
         suggested = float(math.ceil(max(10.0, 3 * preprocess_s + 10.0)))
         raise NoModelTrainedError(
             f"the local search spent its whole budget of {budget_s:g} s before training "
@@ -312,19 +367,79 @@ def run_search(
             suggested_min_budget_s=suggested,
             provider="local",
         )
+    if knowledge is not None and meta is not None and options.warm_start:
+        _remember(knowledge, meta, loop, space, validation_metric, options)
     return SearchResult(
-        trials=trials,
-        best=best,
+        trials=loop.trials,
+        best=loop.best,
         metric=validation_metric,
         preprocessor=preprocessor,
         target=target_encoder,
-        stop_reason=reason or "max_trials",
+        stop_reason=reason,
         elapsed_s=elapsed,
         preprocess_s=preprocess_s,
         n_train_rows=len(fit_rows),
         n_validation_rows=len(val_rows),
         notes=notes,
+        strategy=options.strategy,
+        pruner=options.pruner,
+        space_kind=space.kind,
+        warm_started=len(first.configs) if first else 0,
     )
+
+
+def _plan(options: SearchOptions) -> Execution:
+    from broker.local.parallel import plan_execution
+
+    return plan_execution(options.workers)
+
+
+def _warm_start(
+    knowledge: KnowledgeBase | None,
+    options: SearchOptions,
+    space: SearchSpace,
+    train: pd.DataFrame,
+    target: str,
+    task: str,
+    numeric: list[str],
+    categorical: list[str],
+    metric: str,
+) -> tuple[Any, Any]:
+    if knowledge is None or not options.warm_start:
+        return None, None
+    from broker.local.knowledge import DatasetMeta
+
+    meta = DatasetMeta.describe(
+        train, target=target, task=task, numeric=numeric, categorical=categorical
+    )
+    found = knowledge.suggest(
+        meta, space_kind=space.kind, metric=metric, accept=space.contains
+    )
+    if found is not None:
+        logger.info("local search: %s", found.note)
+    return found, meta
+
+
+def _remember(
+    knowledge: KnowledgeBase,
+    meta: Any,
+    loop: SearchLoop,
+    space: SearchSpace,
+    metric: ValidationMetric,
+    options: SearchOptions,
+) -> None:
+    scored = [t for t in loop.trials if not math.isnan(t.score)]
+    scored.sort(key=lambda t: loop.reward(t.score), reverse=True)
+    try:
+        knowledge.record(
+            meta,
+            space_kind=space.kind,
+            metric=metric.name,
+            best=[(t.config, t.score) for t in scored[:REMEMBERED_CONFIGS]],
+            strategy=options.strategy,
+        )
+    except ConfigurationError as exc:
+        logger.warning("%s", exc)
 
 
 def _validation_split(
@@ -363,6 +478,8 @@ def _prepare(
     categorical: list[str],
     target_encoder: TargetEncoder,
     options: SearchOptions,
+    *,
+    scaling: str = "quantile",
 ) -> tuple[TrialData, TabularPreprocessor]:
     fit_frame = train.iloc[fit_rows]
     val_frame = train.iloc[val_rows]
@@ -372,6 +489,7 @@ def _prepare(
         categorical=categorical,
         min_count=options.min_category_count,
         numeric_bins=options.numeric_bins,
+        scaling=scaling,
     )
     x_num_fit, x_cat_fit = preprocessor.transform(fit_frame)
     x_num_val, x_cat_val = preprocessor.transform(val_frame)
@@ -420,5 +538,15 @@ def _positive_index(classes: list[Any], positive_class: Any) -> int:
     return 1
 
 
-def _key(config: Mapping[str, Any]) -> str:
-    return repr(sorted(config.items()))
+__all__ = [
+    "STRATEGIES",
+    "RandomStrategy",
+    "SearchOptions",
+    "SearchResult",
+    "DEADLINE_GRACE_S",
+    "ImageLayout",
+    "detect_image_shape",
+    "image_layout",
+    "require_ray",
+    "run_search",
+]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from broker.local.early_stopping import EarlyStopping
-from broker.local.network import NetworkConfig, TabularNet
+from broker.local.network import AnyNetworkConfig, ConvNetConfig, NetworkConfig
 from broker.local.scoring import ValidationMetric
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ class TrialData:
 
     `y_val` is what the metric compares with: class indices, or target values on their own
     scale for regression. `target_mean`/`target_std` undo the regression standardisation.
+    `input_shape` (channels, height, width) makes the numeric columns an image's pixels.
     """
 
     task: str
@@ -44,6 +45,8 @@ class TrialData:
     cardinalities: list[int] = field(default_factory=list)
     target_mean: float = 0.0
     target_std: float = 1.0
+    input_shape: list[int] | None = None
+    pixel_positions: list[int] | None = None
 
 
 @dataclass
@@ -52,24 +55,41 @@ class TrialOutcome:
 
     trial_number: int
     config: dict[str, Any]
-    network: NetworkConfig
+    network: AnyNetworkConfig
     score: float
     best_epoch: int
     epochs_run: int
-    stop_reason: str  # early_stopping, max_epochs, deadline, cancelled
+    stop_reason: str  # early_stopping, max_epochs, pruned, deadline, cancelled
     training_time_s: float
     predict_time_per_row_s: float
     state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
 
-def select_device() -> torch.device:
-    """CUDA when available, else the CPU with one thread per core."""
+def select_device(threads: int | None = None) -> torch.device:
+    """CUDA when available, else the CPU with `threads` threads (default: one per core)."""
     if torch.cuda.is_available():
         return torch.device("cuda")
     import os
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     return torch.device("cpu")
+
+
+def build_network(config: dict[str, Any], data: TrialData) -> AnyNetworkConfig:
+    """The network a trial configuration describes, sized for `data`."""
+    if data.input_shape is not None:
+        return ConvNetConfig.from_trial(
+            config,
+            input_shape=data.input_shape,
+            n_outputs=data.n_outputs,
+            pixel_positions=data.pixel_positions,
+        )
+    return NetworkConfig.from_trial(
+        config,
+        n_numeric=data.x_num_train.shape[1],
+        cardinalities=data.cardinalities,
+        n_outputs=data.n_outputs,
+    )
 
 
 def train_trial(
@@ -85,6 +105,7 @@ def train_trial(
     seed: int,
     hard_deadline: float | None = None,
     keep_first_epoch: bool = True,
+    on_epoch: Callable[[int, float], bool] | None = None,
 ) -> TrialOutcome:
     """Train `config` until early stopping, `max_epochs`, the deadline or a stop request.
 
@@ -96,6 +117,9 @@ def train_trial(
             far past its deadline.
         keep_first_epoch: finish the first epoch even past `hard_deadline`, so the
             search has at least one model.
+        on_epoch: called after each epoch that does not end the trial by early
+            stopping, with the epoch's index and the best score so far; True prunes
+            the trial there (multi-fidelity pruning, epochs being the fidelity).
 
     Returns:
         The trial's best validation score with the weights that reached it.
@@ -104,14 +128,12 @@ def train_trial(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
 
-    network = NetworkConfig.from_trial(
-        config,
-        n_numeric=data.x_num_train.shape[1],
-        cardinalities=data.cardinalities,
-        n_outputs=data.n_outputs,
+    network = build_network(config, data)
+    model = network.build().to(device)
+    optimizer_class = (
+        torch.optim.Adam if config.get("optimizer") == "adam" else torch.optim.AdamW
     )
-    model = TabularNet(network).to(device)
-    optimizer = torch.optim.AdamW(
+    optimizer = optimizer_class(
         model.parameters(),
         lr=float(config["learning_rate"]),
         weight_decay=float(config["weight_decay"]),
@@ -169,6 +191,9 @@ def train_trial(
         if rule.update(score):
             stop_reason = "early_stopping"
             break
+        if on_epoch is not None and on_epoch(epoch, best_score):
+            stop_reason = "pruned"
+            break
         reason = should_stop()
         if reason:
             stop_reason = reason
@@ -189,7 +214,7 @@ def train_trial(
 
 
 def predict_arrays(
-    model: TabularNet,
+    model: nn.Module,
     x_num: np.ndarray,
     x_cat: np.ndarray,
     task: str,
@@ -208,7 +233,7 @@ def predict_arrays(
             out = out.squeeze(1) if task == "regression" else torch.softmax(out, dim=1)
             parts.append(out.double().cpu().numpy())
     if not parts:
-        width = () if task == "regression" else (model.config.n_outputs,)
+        width = () if task == "regression" else (model.config.n_outputs,)  # type: ignore[union-attr]
         return np.zeros((0, *width))
     output = np.concatenate(parts)
     if task != "regression":  # exact sums after the float32 softmax
@@ -217,7 +242,7 @@ def predict_arrays(
 
 
 def _train_epoch(
-    model: TabularNet,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module,
     x_num: torch.Tensor,

@@ -1,6 +1,11 @@
 """The local provider: the PyTorch network search of :mod:`broker.local` on this machine.
 
-A submitted job runs in a background thread of this process. `poll` reads its progress,
+Options come from ``JobSpec.provider_options["local"]`` (see
+:class:`broker.local.search.SearchOptions`): ``strategy`` (random, grid, tpe, rl,
+evolution), ``pruner`` (none, median, asha, hyperband), ``max_trials``,
+``stop_after_no_improvement``, ``workers``, ``ray_address``, ``input_shape``,
+``warm_start`` and the trial settings. A submitted job runs in a background thread of
+this process (its trials in worker processes when ``workers`` > 1). `poll` reads its progress,
 `cancel` stops it at the next epoch boundary and waits for the thread, `result` exports the
 best network into the run folder, and `predict` uses it. Nothing is billed by a service; the
 cost model prices local runs from the user's configured local rate.
@@ -43,6 +48,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from broker.local.export import TorchTabularModel
+    from broker.local.knowledge import KnowledgeBase
     from broker.local.search import SearchOptions, SearchResult
     from broker.local.space import SearchSpace
 
@@ -90,6 +96,9 @@ class LocalProvider(Provider):
         after_preprocess: called in the search thread once the data is prepared (a seam
             for tests that simulate slow preprocessing).
         cancel_wait_s: how long `cancel` and `close` wait for the thread to end.
+        knowledge: where earlier searches are kept for warm starts; default the
+            ``local-searches.json`` file in ``$AUTOML_BROKER_HOME`` or the user data
+            folder.
     """
 
     name: ClassVar[str] = "local"
@@ -102,8 +111,10 @@ class LocalProvider(Provider):
         space: SearchSpace | None = None,
         after_preprocess: Callable[[], None] | None = None,
         cancel_wait_s: float = 120.0,
+        knowledge: KnowledgeBase | None = None,
     ) -> None:
         self._space = space
+        self._knowledge = knowledge
         self._after_preprocess = after_preprocess
         self._cancel_wait_s = cancel_wait_s
         self._runs: dict[str, _Run] = {}
@@ -216,6 +227,10 @@ class LocalProvider(Provider):
                 "train_rows": search.n_train_rows,
                 "validation_rows": search.n_validation_rows,
                 "stop_reason": search.stop_reason,
+                "strategy": search.strategy,
+                "pruner": search.pruner,
+                "epochs": search.epochs_total,
+                "space": search.space_kind,
             },
             actual_cost_usd=None,
             runtime_s=search.elapsed_s,
@@ -263,6 +278,7 @@ class LocalProvider(Provider):
         search = None
         error: Exception | None = None
         try:
+            knowledge = self._knowledge_base() if run.options.warm_start else None
             search = run_search(
                 job.train,
                 target=job.schema.target_safe_name,
@@ -279,6 +295,8 @@ class LocalProvider(Provider):
                 started=run.submitted_mono,
                 after_preprocess=self._after_preprocess,
                 on_trial=on_trial,
+                knowledge=knowledge,
+                dropped=[c.safe_name for c in job.schema.columns if c.dropped_reason],
             )
         except NoModelTrainedError as exc:
             error = exc
@@ -313,17 +331,33 @@ class LocalProvider(Provider):
     # --- helpers -------------------------------------------------------------------------
 
     def _options(self, job: ProviderJob) -> SearchOptions:
-        from broker.local.search import SearchOptions
+        """The job's search options, checked before any thread starts.
+
+        Raises:
+            InvalidRequestError: an unknown option or a value out of range.
+            ProviderUnavailableError: `ray_address` without Ray installed.
+        """
+        from broker.local.search import SearchOptions, require_ray
 
         merged: dict[str, Any] = {"seed": job.spec.seed}
         merged.update(job.spec.provider_options.get(self.name, {}))
         merged.update(job.options)
         try:
-            return SearchOptions.from_mapping(merged)
+            options = SearchOptions.from_mapping(merged)
         except BrokerError as exc:
             raise InvalidRequestError(
                 str(exc), provider=self.name, original_type=type(exc).__name__
             ) from None
+        if options.ray_address:
+            require_ray(options.ray_address)
+        return options
+
+    def _knowledge_base(self) -> KnowledgeBase:
+        if self._knowledge is None:
+            from broker.local.knowledge import KnowledgeBase
+
+            self._knowledge = KnowledgeBase()
+        return self._knowledge
 
     def _run(self, ref: ProviderJobRef) -> _Run:
         with self._lock:
@@ -369,7 +403,7 @@ class LocalProvider(Provider):
             LeaderboardEntry(
                 model_id=f"trial-{t.trial_number}",
                 provider=self.name,
-                algorithm="mlp",
+                algorithm="cnn" if search.space_kind == "image" else "mlp",
                 validation_metrics={metric.name: _finite(t.score)},
                 training_time_s=t.training_time_s,
                 predict_time_per_row_s=t.predict_time_per_row_s,
