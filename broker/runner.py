@@ -714,10 +714,6 @@ class Broker:
                     prepared, candidate, job_id, key, number, folder
                 )
             number += 1
-            # TODO(local-resume): when `attempt.candidate.provider == "local"` and the
-            # attempt is resumed, hand the local search the run folder's completed
-            # trials so that it goes on from the last one instead of starting over;
-            # the local backend (broker/local/search.py) has no resume entry point yet.
             try:
                 if attempt.resumed:
                     result = self._resume_attempt(attempt, prepared, folder, started)
@@ -874,10 +870,39 @@ class Broker:
                 key,
             )
             self._record_ref(attempt, found)
+        elif self._local_job_lost(attempt):
+            self._resubmit_local(attempt)
         if attempt.states[-1] == JobState.PENDING:
             # The ref was recorded but the broker stopped before marking it submitted.
             self._move(attempt, JobState.QUEUED)
         return self._complete(attempt, prepared, started)
+
+    def _local_job_lost(self, attempt: _Attempt) -> bool:
+        """A local attempt still in flight whose search died with the process that ran
+        it (local jobs live in the broker's own process)."""
+        if attempt.candidate.provider != "local" or attempt.states[-1].terminal:
+            return False
+        key = attempt.job.idempotency_key
+        found = self._call(
+            attempt, lambda: attempt.provider.find_by_idempotency_key(key)
+        )
+        return found is None
+
+    def _resubmit_local(self, attempt: _Attempt) -> None:
+        """Submit a lost local search again under the same attempt and key: the local
+        provider finds the trials it completed in the run folder and goes on from
+        there, with the runtime that is left."""
+        ref = self._submit(attempt)
+        logger.info(
+            "job %s: the local search was not running in any process; resumed it as "
+            "%s under key %s",
+            attempt.job.job_id,
+            ref.job_id,
+            attempt.job.idempotency_key,
+        )
+        if attempt.ref is None or _ref_dict(ref) != _ref_dict(attempt.ref):
+            self.store.set_provider_ref(attempt.attempt_id, _ref_dict(ref), ref.job_id)
+        attempt.ref = ref
 
     def _record_ref(self, attempt: _Attempt, ref: ProviderJobRef) -> None:
         attempt.ref = ref

@@ -67,6 +67,10 @@ class TorchTabularModel:
     def feature_names(self) -> list[str]:
         return self.preprocessor.feature_names
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The network's weights (tensors on the CPU)."""
+        return {k: v.detach().clone() for k, v in self._module.state_dict().items()}
+
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """Class probabilities (n, k) in `classes` order.
 

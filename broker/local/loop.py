@@ -79,6 +79,33 @@ class SearchLoop:
         self.started = 0
         self._since_improvement = 0
 
+    def replay(self, outcomes: list[TrialOutcome]) -> None:
+        """Take back the trials an interrupted run of this search completed.
+
+        Each one uses up the strategy's next proposal (so that a seeded random or
+        grid search goes on where it stopped) and teaches the strategy its score; the
+        trial counts toward `max_trials` and `stop_after_no_improvement`.
+        """
+        for outcome in sorted(outcomes, key=lambda t: t.trial_number):
+            asked = self.strategy.ask()
+            if asked is not None and asked != outcome.config:
+                logger.info(
+                    "trial %d: the strategy now proposes another configuration than "
+                    "the interrupted search trained; keeping the trained one",
+                    outcome.trial_number,
+                )
+                mark = getattr(self.strategy, "_mark", None)
+                if mark is not None:
+                    mark(outcome.config)
+            self.started = max(self.started + 1, outcome.trial_number)
+            self.strategy.tell(outcome.config, self.reward(outcome.score))
+            self.trials.append(outcome)
+            if self.best is None or self.metric.better(outcome.score, self.best.score):
+                self.best = outcome
+                self._since_improvement = 0
+            else:
+                self._since_improvement += 1
+
     def interrupted(self) -> str | None:
         """Cancelled or past the deadline: running trials stop too."""
         if self.stop_event.is_set():

@@ -61,6 +61,7 @@ from broker.local.trainer import TrialData, TrialOutcome
 if TYPE_CHECKING:
     import pandas as pd
 
+    from broker.local.journal import ResumeState, TrialJournal
     from broker.local.knowledge import KnowledgeBase
     from broker.local.parallel import Execution
 
@@ -198,6 +199,8 @@ class SearchResult:
     pruner: str = "none"
     space_kind: str = "tabular"
     warm_started: int = 0
+    resumed_trials: int = 0
+    checkpoint: TorchTabularModel | None = field(default=None, repr=False)
 
     @property
     def epochs_total(self) -> int:
@@ -214,6 +217,12 @@ class SearchResult:
             raise NoModelTrainedError(
                 "the search ended before any trial finished", reason=self.stop_reason
             )
+        checkpointed = self.checkpoint is not None and (
+            self.checkpoint.metadata.get("trial") == self.best.trial_number
+        )
+        if self.checkpoint is not None and checkpointed:
+            # the best trial ran before an interruption: its weights were saved then
+            return self.checkpoint
         return TorchTabularModel(
             preprocessor=self.preprocessor,
             target=self.target,
@@ -249,6 +258,8 @@ def run_search(
     knowledge: KnowledgeBase | None = None,
     execution: Execution | None = None,
     dropped: list[str] | None = None,
+    journal: TrialJournal | None = None,
+    resume: ResumeState | None = None,
 ) -> SearchResult:
     """Search network configurations on `train` (safe column names plus the target).
 
@@ -265,6 +276,12 @@ def run_search(
             and this machine's cores and GPUs.
         dropped: feature columns the intake dropped (constant ones); pixel columns
             among them keep their place in an image, reading 0.
+        journal: where each completed trial and the best weights so far are written
+            (the run folder), so that an interrupted search can be resumed.
+        resume: what an interrupted run of this search completed: its trials count
+            toward the limits and teach the strategy, and are not trained again. With
+            no budget left (`budget_s` <= 0) and a checkpointed best model, the search
+            ends at once with that model.
 
     Returns:
         Every trial and the best one. Cancelled before the first trial ends: no best.
@@ -277,8 +294,11 @@ def run_search(
     options = options or SearchOptions()
     if options.ray_address:
         require_ray(options.ray_address)
+    if resume is not None and budget_s <= 0 and resume.checkpoint is not None:
+        return _finished_from_checkpoint(resume)
     stop_event = stop_event or threading.Event()
     started = time.monotonic() if started is None else started
+    spent_before_s = resume.spent_s if resume is not None else 0.0
     deadline = started + budget_s
     layout = image_layout(numeric, categorical, dropped or [], options.input_shape)
     if layout is not None:
@@ -311,6 +331,35 @@ def run_search(
     if after_preprocess is not None:
         after_preprocess()
     preprocess_s = time.monotonic() - started
+    if journal is not None:
+        journal.start(
+            {
+                "metric": validation_metric.name,
+                "task": task,
+                "positive_index": positive_index,
+                "strategy": options.strategy,
+                "pruner": options.pruner,
+                "seed": options.seed,
+                "space": space.kind,
+                "n_train_rows": len(fit_rows),
+                "n_validation_rows": len(val_rows),
+            }
+        )
+
+    def on_trial_done(outcome: TrialOutcome, best: TrialOutcome) -> None:
+        if journal is not None:
+            model = None
+            if best is outcome:
+                model = TorchTabularModel(
+                    preprocessor=preprocessor,
+                    target=target_encoder,
+                    network=outcome.network,
+                    state_dict=outcome.state_dict,
+                    metadata=_model_metadata(outcome, validation_metric, options),
+                )
+            journal.record(outcome, time.monotonic() - started, model)
+        if on_trial is not None:
+            on_trial(outcome, best)
 
     # 2. earlier searches on similar data go first, then the space's default
     first, meta = _warm_start(
@@ -342,8 +391,12 @@ def run_search(
         metric=validation_metric,
         deadline=deadline,
         stop_event=stop_event,
-        on_trial=on_trial,
+        on_trial=on_trial_done,
     )
+    if resume is not None and resume.trials:
+        loop.replay(resume.trials)
+        notes.append(f"resumed after {len(resume.trials)} completed trials")
+        logger.info("resumed after %d completed trials", len(resume.trials))
     if options.ray_address:
         reason = run_on_ray(loop, data, options)
     else:
@@ -354,7 +407,7 @@ def run_search(
             reason = run_in_workers(loop, data, execution)
 
     # 4. nothing trained: the budget was spent before the first trial
-    elapsed = time.monotonic() - started
+    elapsed = spent_before_s + time.monotonic() - started
     if loop.best is None and reason == "deadline":
         suggested = float(math.ceil(max(10.0, 3 * preprocess_s + 10.0)))
         raise NoModelTrainedError(
@@ -385,6 +438,55 @@ def run_search(
         pruner=options.pruner,
         space_kind=space.kind,
         warm_started=len(first.configs) if first else 0,
+        resumed_trials=len(resume.trials) if resume is not None else 0,
+        checkpoint=resume.checkpoint if resume is not None else None,
+    )
+
+
+def _model_metadata(
+    best: TrialOutcome, metric: ValidationMetric, options: SearchOptions
+) -> dict[str, Any]:
+    return {
+        "trial": best.trial_number,
+        "config": best.config,
+        "metric": metric.name,
+        "validation_score": best.score,
+        "strategy": options.strategy,
+    }
+
+
+def _finished_from_checkpoint(resume: ResumeState) -> SearchResult:
+    """The search an interruption left with its budget spent: its trials and its
+    checkpointed best model, nothing trained again."""
+    header = resume.header
+    best = next(t for t in resume.trials if t.trial_number == resume.checkpoint_trial)
+    assert resume.checkpoint is not None
+    metric = ValidationMetric.create(
+        str(header["metric"]), str(header["task"]), int(header["positive_index"])
+    )
+    n = len(resume.trials)
+    logger.info("no runtime left after %d completed trials; using the best one", n)
+    return SearchResult(
+        trials=list(resume.trials),
+        best=best,
+        metric=metric,
+        preprocessor=resume.checkpoint.preprocessor,
+        target=resume.checkpoint.target,
+        stop_reason="deadline",
+        elapsed_s=resume.spent_s,
+        preprocess_s=0.0,
+        n_train_rows=int(header.get("n_train_rows", 0)),
+        n_validation_rows=int(header.get("n_validation_rows", 0)),
+        notes=[
+            f"resumed after {n} completed trials",
+            "the runtime budget was spent before the interruption; the best "
+            "checkpointed trial is the model",
+        ],
+        strategy=str(header.get("strategy", "random")),
+        pruner=str(header.get("pruner", "none")),
+        space_kind=str(header.get("space", "tabular")),
+        resumed_trials=n,
+        checkpoint=resume.checkpoint,
     )
 
 

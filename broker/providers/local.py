@@ -5,7 +5,11 @@ Options come from ``JobSpec.provider_options["local"]`` (see
 evolution), ``pruner`` (none, median, asha, hyperband), ``max_trials``,
 ``stop_after_no_improvement``, ``workers``, ``ray_address``, ``input_shape``,
 ``warm_start`` and the trial settings. A submitted job runs in a background thread of
-this process (its trials in worker processes when ``workers`` > 1). `poll` reads its progress,
+this process (its trials in worker processes when ``workers`` > 1). Each completed trial is
+written to ``run_dir/local/trials.jsonl`` and the best weights so far beside it (see
+:mod:`broker.local.journal`); submitting the same job again (the same idempotency key)
+after the process died resumes the search from those trials with the runtime that is
+left, instead of starting over. `poll` reads its progress,
 `cancel` stops it at the next epoch boundary and waits for the thread, `result` exports the
 best network into the run folder, and `predict` uses it. Nothing is billed by a service; the
 cost model prices local runs from the user's configured local rate.
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from broker.local.export import TorchTabularModel
+    from broker.local.journal import ResumeState
     from broker.local.knowledge import KnowledgeBase
     from broker.local.search import SearchOptions, SearchResult
     from broker.local.space import SearchSpace
@@ -86,6 +91,7 @@ class _Run:
     model: TorchTabularModel | None = None
     model_path: Path | None = None
     error: Exception | None = None
+    resume: ResumeState | None = None
 
 
 class LocalProvider(Provider):
@@ -138,6 +144,7 @@ class LocalProvider(Provider):
 
         options = self._options(job)
         metric = job.spec.metric_for(job.schema.task)
+        resume = _read_resume(job)
         ref = ProviderJobRef(
             provider=self.name,
             job_id=f"local-{job.job_id}",
@@ -150,6 +157,8 @@ class LocalProvider(Provider):
             metric=metric,
             submitted_mono=time.monotonic(),
             submitted_at=_now(),
+            resume=resume,
+            trials_done=len(resume.trials) if resume else 0,
         )
         run.thread = threading.Thread(
             target=self._search, args=(run,), name=f"{ref.job_id}-search", daemon=False
@@ -159,11 +168,12 @@ class LocalProvider(Provider):
             self._by_key[job.idempotency_key] = ref.job_id
         run.thread.start()
         logger.info(
-            "local job %s submitted: %d rows, budget %.0f s, %s",
+            "local job %s submitted: %d rows, budget %.0f s, %s%s",
             ref.job_id,
             len(job.train),
             job.runtime_limit_s,
             options,
+            f"; resuming after {len(resume.trials)} completed trials" if resume else "",
         )
         return ref
 
@@ -275,6 +285,14 @@ class LocalProvider(Provider):
                 run.trials_done += 1
                 run.best_score = best.score
 
+        from broker.local.journal import JOURNAL_FOLDER, TrialJournal
+
+        spent_s = run.resume.spent_s if run.resume is not None else 0.0
+        journal = TrialJournal(
+            Path(job.run_dir) / JOURNAL_FOLDER,
+            job.idempotency_key,
+            spent_before_s=spent_s,
+        )
         search = None
         error: Exception | None = None
         try:
@@ -286,7 +304,7 @@ class LocalProvider(Provider):
                 numeric=numeric,
                 categorical=categorical,
                 metric=run.metric,
-                budget_s=_search_budget(job.runtime_limit_s),
+                budget_s=_search_budget(job.runtime_limit_s) - spent_s,
                 classes=list(job.schema.classes) or None,
                 positive_class=job.schema.positive_class,
                 options=run.options,
@@ -297,6 +315,8 @@ class LocalProvider(Provider):
                 on_trial=on_trial,
                 knowledge=knowledge,
                 dropped=[c.safe_name for c in job.schema.columns if c.dropped_reason],
+                journal=journal,
+                resume=run.resume,
             )
         except NoModelTrainedError as exc:
             error = exc
@@ -364,8 +384,9 @@ class LocalProvider(Provider):
             run = self._runs.get(ref.job_id)
         if run is None:
             raise InvalidRequestError(
-                f"local job {ref.job_id!r} is not known to this process; local jobs do "
-                f"not survive a restart, submit it again",
+                f"local job {ref.job_id!r} is not known to this process; submit it "
+                f"again with the same idempotency key to resume its search from the "
+                f"trials it completed",
                 provider=self.name,
                 provider_job_id=ref.job_id,
             )
@@ -419,6 +440,22 @@ class LocalProvider(Provider):
             return (value is None, sign * value if value is not None else 0.0)
 
         return sorted(entries, key=rank)
+
+
+def _read_resume(job: ProviderJob) -> ResumeState | None:
+    """The completed trials of an earlier, interrupted run of this same job, if any."""
+    from broker.local.journal import JOURNAL_FOLDER, read_journal
+
+    try:
+        return read_journal(Path(job.run_dir) / JOURNAL_FOLDER, job.idempotency_key)
+    except (OSError, KeyError, ValueError, BrokerError) as exc:
+        logger.warning(
+            "local job %s: the interrupted search's trials cannot be read back (%s); "
+            "starting over",
+            job.job_id,
+            exc,
+        )
+        return None
 
 
 def _feature_kinds(job: ProviderJob) -> tuple[list[str], list[str]]:
