@@ -246,10 +246,19 @@ class Broker:
                 provider = self.provider(name)
                 availability[name] = provider.availability()
                 placements[name] = provider.placement()
-            except (ProviderError, ImportError) as exc:
+            except ImportError as exc:
                 from broker.providers.base import Availability
 
-                availability[name] = Availability(False, f"cannot be loaded: {exc}")
+                extra = _EXTRAS.get(name, name)
+                availability[name] = Availability(
+                    False,
+                    f"its SDK is not installed ({exc}): pip install "
+                    f"'automl-broker[{extra}]'",
+                )
+            except ProviderError as exc:
+                from broker.providers.base import Availability
+
+                availability[name] = Availability(False, f"cannot be set up: {exc}")
         kwargs: dict[str, Any] = {
             "availability": availability,
             "placements": placements,
@@ -1520,6 +1529,8 @@ def _priced_runtime(candidate: Candidate, runtime_s: float | None) -> Decimal | 
 
 
 RUN_MARKER = "job.json"
+# The optional extra that brings each provider's SDK.
+_EXTRAS = {"vertex": "vertex", "azure": "azure", "sagemaker": "aws", "h2o": "h2o"}
 
 
 def _check_folder_free(folder: Path) -> None:
