@@ -275,7 +275,8 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(
         rows, columns, figsize=(6.5 * columns, 4.5 * rows), squeeze=False
     )
-    colours = dict(zip(STRATEGIES, plt.get_cmap("tab10").colors, strict=False))  # type: ignore[attr-defined]
+    palette = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
+    colours = dict(zip(STRATEGIES, palette, strict=False))
     styles = {"none": "-", "asha": "--", "median": ":", "hyperband": "-."}
     for axis, dataset in zip(axes.flat, datasets, strict=False):
         for run in payload["runs"]:

@@ -45,7 +45,11 @@ def _schema(n_rows: int = 48_842, n_features: int = 14):  # type: ignore[no-unty
         Column(f"f{i}", f"f{i}", ColumnKind.NUMERIC) for i in range(n_features)
     )
     return Schema(
-        columns=columns, target="y", target_safe_name="y", task=Task.BINARY, n_rows=n_rows
+        columns=columns,
+        target="y",
+        target_safe_name="y",
+        task=Task.BINARY,
+        n_rows=n_rows,
     )
 
 

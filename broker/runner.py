@@ -812,7 +812,9 @@ class Broker:
         quoted = getattr(candidate.quote, "training_usd_high", None)
         if quoted is not None:
             # The quote goes in the ledger beside the actual cost that follows.
-            self.store.record_spend(record.attempt_id, kind="quote", usd=Decimal(quoted))
+            self.store.record_spend(
+                record.attempt_id, kind="quote", usd=Decimal(quoted)
+            )
         attempt = _Attempt(
             candidate=candidate,
             provider=provider,

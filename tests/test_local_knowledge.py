@@ -57,7 +57,9 @@ def _space() -> SearchSpace:
     )
 
 
-def _search(frame: pd.DataFrame, knowledge: KnowledgeBase, seed: int = 0):  # type: ignore[no-untyped-def]
+def _search(  # type: ignore[no-untyped-def]
+    frame: pd.DataFrame, knowledge: KnowledgeBase, seed: int = 0
+):
     return run_search(
         frame,
         target="label",

@@ -102,7 +102,8 @@ def test_grid_covers_every_grid_point_exactly_once() -> None:
     assert len(configs) == 18
     assert len({config_key(c) for c in configs}) == 18
     keys = {config_key({**c, "lr": round(c["lr"], 12)}) for c in configs}  # type: ignore[arg-type]
-    assert keys == {config_key({**c, "lr": round(c["lr"], 12)}) for c in expected}  # type: ignore[arg-type]
+    rounded = [{**c, "lr": round(c["lr"], 12)} for c in expected]  # type: ignore[arg-type]
+    assert keys == {config_key(c) for c in rounded}
 
 
 def test_grid_tries_a_first_configuration_once_even_when_it_is_a_grid_point() -> None:

@@ -92,7 +92,10 @@ def test_config_missing_explicit_file_is_an_error(tmp_path):
     [
         ("local_rate_usd_per_hour: .inf\n", "finite number of dollars"),
         ("local_rate_usd_per_hour: -1\n", "finite number of dollars"),
-        ("poll_interval_s: abc\n", "poll_interval_s must be a number of seconds above 0"),
+        (
+            "poll_interval_s: abc\n",
+            "poll_interval_s must be a number of seconds above 0",
+        ),
         ("poll_interval_s: 0\n", "poll_interval_s must be a number of seconds above 0"),
         ("pending_timeout_s: .nan\n", "pending_timeout_s must be a number of seconds"),
         ("providers: {vertex: 5}\n", "providers.vertex must be a mapping of settings"),

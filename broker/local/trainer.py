@@ -233,7 +233,8 @@ def predict_arrays(
             out = out.squeeze(1) if task == "regression" else torch.softmax(out, dim=1)
             parts.append(out.double().cpu().numpy())
     if not parts:
-        width = () if task == "regression" else (model.config.n_outputs,)  # type: ignore[union-attr]
+        outputs = model.config.n_outputs  # type: ignore[union-attr]
+        width = () if task == "regression" else (outputs,)
         return np.zeros((0, *width))
     output = np.concatenate(parts)
     if task != "regression":  # exact sums after the float32 softmax
