@@ -35,9 +35,11 @@ from broker.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     JobStore,
+    _location,
     default_store_path,
     migrate,
 )
+from broker.store._location import switch_to_wal
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SPEC: dict[str, Any] = {"data": "train.csv", "target": "churn", "seed": 7}
@@ -360,6 +362,67 @@ def test_store_uses_wal_mode(store: JobStore, tmp_path: Path) -> None:
     mode = sqlite3.connect(tmp_path / "jobs.db").execute("PRAGMA journal_mode")
 
     assert mode.fetchone()[0] == "wal"
+
+
+class _LockedThenFree:
+    """A connection whose first ``locked`` journal-mode switches fail as SQLite's do."""
+
+    def __init__(self, locked: int, message: str = "database is locked") -> None:
+        self.locked = locked
+        self.message = message
+        self.calls = 0
+
+    def execute(self, sql: str) -> Any:
+        self.calls += 1
+        if self.calls <= self.locked:
+            raise sqlite3.OperationalError(self.message)
+        return self
+
+    def fetchone(self) -> tuple[str]:
+        return ("WAL",)
+
+
+def test_store_wal_switch_waits_out_a_file_another_process_holds() -> None:
+    conn = _LockedThenFree(locked=3)
+
+    mode = switch_to_wal(conn, timeout_s=5.0)  # type: ignore[arg-type]
+
+    assert (mode, conn.calls) == ("wal", 4)
+
+
+def test_store_wal_switch_gives_up_after_its_timeout() -> None:
+    conn = _LockedThenFree(locked=10_000)
+    started = time.monotonic()
+
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        switch_to_wal(conn, timeout_s=0.1)  # type: ignore[arg-type]
+
+    assert 1 < conn.calls < 100
+    assert time.monotonic() - started < 1.0
+
+
+def test_store_wal_switch_does_not_retry_other_errors() -> None:
+    conn = _LockedThenFree(locked=5, message="disk I/O error")
+
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        switch_to_wal(conn, timeout_s=5.0)  # type: ignore[arg-type]
+
+    assert conn.calls == 1
+
+
+def test_store_locked_for_too_long_names_the_wait_not_a_bad_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def always_locked(conn: sqlite3.Connection, *, timeout_s: float) -> str:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(_location, "switch_to_wal", always_locked)
+
+    with pytest.raises(StoreError) as caught:
+        JobStore(tmp_path / "jobs.db")
+
+    assert "stayed locked by another process" in str(caught.value)
+    assert "AUTOML_BROKER_HOME" in str(caught.value)
 
 
 def test_store_schema_version_is_recorded(store: JobStore, tmp_path: Path) -> None:

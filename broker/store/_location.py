@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = switch_to_wal(conn, timeout_s=busy_timeout_s)
         if str(mode).lower() != "wal":
             raise StoreError(
                 f"the job store {path} could not switch to WAL mode (got {mode!r}); "
@@ -128,6 +129,18 @@ def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
         # FULL makes each commit durable: a job the store accepted survives a crash.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StoreError(
+                f"the job store {path} stayed locked by another process for "
+                f"{busy_timeout_s:g} s; wait for the other automl-broker command to "
+                f"finish, or set {HOME_ENV} to another folder"
+            ) from exc
+        raise StoreError(
+            f"{path} is not a usable job store ({exc}); move it aside or set "
+            f"{HOME_ENV} to another folder"
+        ) from exc
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise StoreError(
@@ -139,6 +152,38 @@ def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
         raise
 
     return conn
+
+
+def switch_to_wal(conn: sqlite3.Connection, *, timeout_s: float) -> str:
+    """Put the file in WAL mode, waiting out other processes that hold it.
+
+    SQLite answers "database is locked" at once, without its busy handler, when
+    another process holds the file exclusively, for instance while it checkpoints
+    and removes the write-ahead log as its last connection closes. Two commands
+    started together on a fresh store meet that window, so the switch is retried
+    until ``timeout_s`` has passed.
+
+    Returns:
+        The journal mode the file ended in, lower case.
+
+    Raises:
+        sqlite3.OperationalError: The file stayed locked for ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause_s = 0.005
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() + pause_s > deadline:
+                raise
+            logger.debug(
+                "store file busy while switching to WAL; retrying in %.3f s", pause_s
+            )
+            time.sleep(pause_s)
+            pause_s = min(pause_s * 2, 0.25)
 
 
 def tighten_modes(path: Path) -> None:

@@ -78,6 +78,7 @@ from broker.providers.base import (
 )
 from broker.spec import LeaderboardEntry, Task
 from broker.states import JobState
+from broker.store._location import switch_to_wal
 from broker.testing.scripted import BILLABLE_STATES, ScriptStep, _steps
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ class DurableService:
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False
         )
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        switch_to_wal(self._conn, timeout_s=30.0)
         with self.write() as conn:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
