@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 from broker.credentials import H2O_URL_ENV
@@ -104,7 +105,19 @@ class Candidate:
     machine: str
     region: str
     quote: Quote
-    rank_reason: str = ""
+    reason: str = ""
+    # Candidates after the first say how much more they cost than the leader; the text
+    # is written when read, as a plan over a large catalog holds thousands of them.
+    leader: Quote | None = field(default=None, repr=False, compare=False)
+    position: int = 1
+
+    @property
+    def rank_reason(self) -> str:
+        """Why the candidate sits where it does, e.g. ``#2: $0.08 more than #1``."""
+        if self.leader is None:
+            return self.reason
+        extra = self.quote.total_usd - self.leader.total_usd
+        return f"#{self.position}: {_usd(extra)} more than #1" + _trim_text(self.quote)
 
     @property
     def runtime_s(self) -> int:
@@ -319,7 +332,7 @@ def make_plan(
     feasible: list[Quote] = []
     rejections: list[Rejection] = []
     missing: list[str] = []
-    serving_cache: dict[tuple[str, str], PriceRow | None] = {}
+    serving_cache: dict[tuple[str, str], tuple[PriceRow, Decimal] | None] = {}
     for row in catalog.training_rows():
         outcome = _judge(row, catalog, context, serving_cache)
         if isinstance(outcome, Quote):
@@ -532,7 +545,7 @@ def _judge(
     row: PriceRow,
     catalog: Catalog,
     context: _Context,
-    serving_cache: dict[tuple[str, str], PriceRow | None],
+    serving_cache: dict[tuple[str, str], tuple[PriceRow, Decimal] | None],
 ) -> Quote | Rejection:
     """The row's quote when it is feasible, or the first reason it is not."""
     refusal = _constraint_refusal(row, context)
@@ -543,10 +556,13 @@ def _judge(
     usd_per_hour = hourly_price(row, context.local_rate)
     if usd_per_hour is None:
         return _rejection(row, "price_missing", _missing_detail(row))
-    serving = _serving_row(row, catalog, context, serving_cache)
+    serving, serving_usd_per_hour = _serving_row(
+        row, catalog, context, serving_cache
+    ) or (None, None)
     estimate = quote(
         row,
         usd_per_hour=usd_per_hour,
+        serving_usd_per_hour=serving_usd_per_hour,
         runtime_s=context.runtime_s,
         memory_needed_gib=context.memory_needed_gib,
         serving=serving,
@@ -686,10 +702,11 @@ def _serving_row(
     row: PriceRow,
     catalog: Catalog,
     context: _Context,
-    cache: dict[tuple[str, str], PriceRow | None],
-) -> PriceRow | None:
-    """The endpoint the model would be served on: the provider's cheapest endpoint in
-    the region; a VM the user runs (a host row with no endpoint rows) serves itself."""
+    cache: dict[tuple[str, str], tuple[PriceRow, Decimal] | None],
+) -> tuple[PriceRow, Decimal | None] | None:
+    """The endpoint the model would be served on, with its hourly price: the provider's
+    cheapest endpoint in the region; a VM the user runs (a host row with no endpoint
+    rows) serves itself."""
     if context.hours_per_month == 0:
         return None
 
@@ -700,60 +717,50 @@ def _serving_row(
             for r in catalog.endpoint_rows(row.provider, row.region)
             if (price := hourly_price(r, context.local_rate)) is not None
         ]
-        cache[key] = min(priced, key=lambda item: item[:2])[2] if priced else None
+        best = min(priced, key=lambda item: item[:2]) if priced else None
+        cache[key] = None if best is None else (best[2], best[0])
     cheapest = cache[key]
     if cheapest is None and row.component == "host":
-        return row
+        return row, hourly_price(row, context.local_rate)
     return cheapest
 
 
 def _ranked(quotes: list[Quote], prefer: list[str] | None = None) -> list[Candidate]:
     rank_of = {name: i for i, name in enumerate(prefer or [])}
-    ordered = sorted(
-        quotes,
-        key=lambda q: (
+    unranked = len(rank_of)
+    keyed = []
+    for index, q in enumerate(quotes):
+        key = (
             # Providers the user prefers come first, in the order given; then cost.
-            rank_of.get(q.provider, len(rank_of)),
+            rank_of.get(q.provider, unranked),
             # A run cut short by the dollar cap ranks after every full-length run.
-            q.trimmed,
-            _cost_key(q),
+            q.requested_runtime_s is not None and q.runtime_s < q.requested_runtime_s,
+            q.total_usd,
+            q.training_usd_high,
             # On a tie the user's own machine wins (data stays home), local search first.
             not q.is_local,
             q.provider != "local",
             _PROVIDER_ORDER.get(q.provider, 99),
             q.region,
             q.sku,
-        ),
-    )
-    if not ordered:
+            index,
+        )
+        keyed.append((key, q))
+    keyed.sort(key=itemgetter(0))
+    if not keyed:
         return []
 
-    first = ordered[0]
-    ranked = [
-        Candidate(
-            first.provider,
-            first.sku,
-            first.region,
-            first,
-            (
-                f"first preferred provider: {_quote_text(first)}"
-                if first.provider in rank_of
-                else f"cheapest feasible: {_quote_text(first)}"
-            )
-            + _trim_text(first),
-        )
+    first = keyed[0][1]
+    reason = (
+        f"first preferred provider: {_quote_text(first)}"
+        if first.provider in rank_of
+        else f"cheapest feasible: {_quote_text(first)}"
+    ) + _trim_text(first)
+    ranked = [Candidate(first.provider, first.sku, first.region, first, reason)]
+    ranked += [
+        Candidate(q.provider, q.sku, q.region, q, leader=first, position=position)
+        for position, (_, q) in enumerate(keyed[1:], start=2)
     ]
-    for position, estimate in enumerate(ordered[1:], start=2):
-        extra = estimate.total_usd - first.total_usd
-        ranked.append(
-            Candidate(
-                estimate.provider,
-                estimate.sku,
-                estimate.region,
-                estimate,
-                f"#{position}: {_usd(extra)} more than #1" + _trim_text(estimate),
-            )
-        )
     return ranked
 
 

@@ -154,6 +154,7 @@ def quote(
     instances: int = 1,
     local_usd_per_hour: Decimal = Decimal(0),
     usd_per_hour: Decimal | None = None,
+    serving_usd_per_hour: Decimal | None = None,
 ) -> Quote:
     """The quote for training on `training` and serving on `serving`.
 
@@ -167,6 +168,8 @@ def quote(
         local_usd_per_hour: the rate for local rows that carry no price of their own.
         usd_per_hour: the training row's hourly price when the caller already has it
             from :func:`hourly_price`.
+        serving_usd_per_hour: likewise for `serving`, which planning shares between
+            every machine of a provider's region.
 
     Raises:
         ValueError: `training` has no usable price; check with :func:`hourly_price`.
@@ -181,15 +184,15 @@ def quote(
 
     rule = _rule_of(training)
     low, high = _training_range(usd_per_hour, runtime_s, rule)
-    serving_per_hour = (
-        None if serving is None else hourly_price(serving, local_usd_per_hour)
-    )
+    serving_per_hour = serving_usd_per_hour
+    if serving is not None and serving_per_hour is None:
+        serving_per_hour = hourly_price(serving, local_usd_per_hour)
     if hours_per_month == 0:
         serving_month: Decimal | None = Decimal(0)
     elif serving_per_hour is None:
         serving_month = None
     else:
-        serving_month = monthly(serving_per_hour, hours_per_month, instances)
+        serving_month = _monthly(serving_per_hour, hours_per_month, instances)
 
     return Quote(
         provider=training.provider,
@@ -246,6 +249,13 @@ def _unit_text(component: str, currency: str, rule: BillingRule, is_local: bool)
     if is_local:
         text += " (local rate: power and amortisation)"
     return text
+
+
+@lru_cache(maxsize=1024)
+def _monthly(
+    usd_per_hour: Decimal, hours_per_month: Decimal, instances: int
+) -> Decimal:
+    return monthly(usd_per_hour, hours_per_month, instances)
 
 
 @lru_cache(maxsize=4096)
