@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,56 @@ def test_search_without_knowledge_writes_nothing(tmp_path: Path) -> None:
     )
 
     assert not (tmp_path / "k.json").exists()
+
+
+def _record_many(path: str, worker: int, count: int) -> None:
+    knowledge = KnowledgeBase(Path(path))
+    meta = DatasetMeta("binary", 100 + worker, 3, 2, 1, 0.5)
+    for index in range(count):
+        knowledge.record(
+            meta,
+            space_kind="tabular",
+            metric="roc_auc",
+            best=[({"width": worker, "index": index}, 0.9)],
+            strategy="random",
+        )
+
+
+def test_knowledge_searches_ending_together_in_processes_lose_no_record(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "k.json"
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_record_many, args=(str(path), worker, 10))
+        for worker in range(4)
+    ]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=60)
+
+    assert [p.exitcode for p in workers] == [0, 0, 0, 0]
+    kept = {
+        (r["best"][0]["config"]["width"], r["best"][0]["config"]["index"])
+        for r in KnowledgeBase(path).records()
+    }
+    assert kept == {(w, i) for w in range(4) for i in range(10)}
+
+
+def test_knowledge_lock_held_too_long_names_the_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import filelock
+
+    from broker.errors import ConfigurationError
+    from broker.local import knowledge as knowledge_module
+
+    path = tmp_path / "k.json"
+    monkeypatch.setattr(knowledge_module, "LOCK_TIMEOUT_S", 0.1)
+    held = filelock.FileLock(str(path) + ".lock")
+
+    with held, pytest.raises(ConfigurationError, match=r"k\.json\.lock"):
+        _record_many(str(path), worker=0, count=1)
+
+    assert KnowledgeBase(path).records() == []

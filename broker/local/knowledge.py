@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import filelock
+
 from broker.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -33,6 +35,8 @@ FILE_NAME = "local-searches.json"
 MAX_RECORDS = 200
 # Largest distance (see DatasetMeta.distance) at which a dataset counts as similar.
 SIMILAR_DISTANCE = 1.0
+# Seconds a search waits for another process to finish writing the results file.
+LOCK_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -191,25 +195,44 @@ class KnowledgeBase:
         ]
         if not entries:
             return
-        records = self.records()
-        records.append(
-            {
-                "meta": asdict(meta),
-                "space": space_kind,
-                "metric": metric,
-                "strategy": strategy,
-                "best": entries,
-                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-        )
-        self._write(records[-MAX_RECORDS:])
+        record = {
+            "meta": asdict(meta),
+            "space": space_kind,
+            "metric": metric,
+            "strategy": strategy,
+            "best": entries,
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
 
-    def _write(self, records: list[dict[str, Any]]) -> None:
-        # TODO(local-knowledge-lock): two searches that end at the same moment both
-        # read, append and replace the file, so one record can be lost; a file lock
-        # or SQLite would keep both.
+        # Searches in other processes may end at the same moment: the read, append and
+        # replace happen under a lock file beside the results so no record is lost.
+        lock = self._lock()
+        try:
+            with lock:
+                records = self.records()
+                records.append(record)
+                self._write(records[-MAX_RECORDS:])
+        except filelock.Timeout:
+            raise ConfigurationError(
+                f"another search held {str(lock.lock_file)!r} for "
+                f"{LOCK_TIMEOUT_S:g} s; if no automl-broker search is running, delete "
+                "that file, or turn warm_start off"
+            ) from None
+
+    def _lock(self) -> filelock.FileLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot write earlier search results to {str(self.path)!r}: {exc}; "
+                f"set AUTOML_BROKER_HOME to a writable folder or turn warm_start off"
+            ) from None
+        return filelock.FileLock(
+            self.path.with_name(self.path.name + ".lock"), timeout=LOCK_TIMEOUT_S
+        )
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        try:
             handle, temporary = tempfile.mkstemp(
                 dir=self.path.parent, prefix=".local-searches", suffix=".json"
             )
