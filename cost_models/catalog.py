@@ -417,6 +417,15 @@ def parse_row(
         raise ConfigurationError(
             f"price row {origin}: unknown unit {unit!r}; choose from {list(UNITS)}"
         )
+    currency = (_text(cells.get("currency")) or "USD").upper()
+    if currency != "USD":
+        # Budgets, the ledger and the ranking are in US dollars; a row in another
+        # currency would be compared as if it were dollars.
+        raise ConfigurationError(
+            f"price row {origin}: currency {currency!r} is not supported; plans, "
+            "budgets and the spend ledger are in USD: convert the price to USD and "
+            "note the exchange rate and its date in the row's 'note'"
+        )
 
     return PriceRow(
         provider=_text(cells["provider"]).lower(),
@@ -425,7 +434,7 @@ def parse_row(
         component=component,
         unit=unit,
         price=_decimal(cells.get("price"), "price", origin),
-        currency=_text(cells.get("currency")) or "USD",
+        currency=currency,
         billing_increment_s=_decimal(
             cells.get("billing_increment_s"), "billing_increment_s", origin
         ),

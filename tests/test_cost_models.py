@@ -155,6 +155,41 @@ def test_parse_row_negative_price_refused() -> None:
         )
 
 
+@pytest.mark.parametrize("currency", ["EUR", "gbp"])
+def test_parse_row_other_currency_refused_before_it_is_ranked_as_dollars(
+    currency: str,
+) -> None:
+    with pytest.raises(
+        ConfigurationError,
+        match=rf"row x: currency '{currency.upper()}' is not supported; .* in USD",
+    ):
+        parse_row(
+            {
+                "provider": "azure",
+                "sku": "vm",
+                "region": "r1",
+                "price": "0.5",
+                "currency": currency,
+            },
+            origin="x",
+        )
+
+
+def test_parse_row_lower_case_usd_is_dollars() -> None:
+    row = parse_row(
+        {
+            "provider": "azure",
+            "sku": "vm",
+            "region": "r1",
+            "price": "1",
+            "currency": "usd",
+        },
+        origin="x",
+    )
+
+    assert row.currency == "USD"
+
+
 # --- shipped catalogs -----------------------------------------------------------------
 
 
