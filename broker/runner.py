@@ -119,6 +119,8 @@ class _Attempt:
     charged_usd: Decimal | None = None  # what the provider billed, once known
     cancel_sent: bool = False
     resumed: bool = False  # picked up from the store by a restarted broker
+    # Seconds from the poll before the job was first seen running to the latest poll.
+    running_s: float | None = None
 
 
 class Broker:
@@ -1011,6 +1013,8 @@ class Broker:
                 self._renew(job_id)
             status = self._poll(attempt)
             now = self.clock.monotonic()
+            if running_since is not None:
+                attempt.running_s = now - running_since
             if cancel_sent and status.state == JobState.STOPPED:
                 # The provider's word for a stop we asked for.
                 status = replace(status, state=JobState.CANCELLED)
@@ -1221,8 +1225,9 @@ class Broker:
 
         actual = provider_result.actual_cost_usd
         if actual is None:
-            actual = self._billed(attempt)
+            actual = self._billed(attempt, price_running_time=False)
         if actual is None:
+            # the provider's own runtime is closer than the polls' view of it
             actual = _priced_runtime(attempt.candidate, provider_result.runtime_s)
         cost = self._cost_summary(attempt, actual, dict(provider_result.provider_units))
         notes = list(report.notes) + list(provider_result.notes)
@@ -1290,8 +1295,12 @@ class Broker:
             error=payload,
         )
 
-    def _billed(self, attempt: _Attempt) -> Decimal | None:
-        """What the attempt cost: the provider's own figure, else the budget watch's."""
+    def _billed(
+        self, attempt: _Attempt, *, price_running_time: bool = True
+    ) -> Decimal | None:
+        """What the attempt cost: the provider's own figure, else the budget watch's,
+        else (with `price_running_time`) the quote's rate for the time it was seen
+        running."""
         if attempt.ref is not None:
             try:
                 billed = attempt.provider.billed_usd(attempt.ref)
@@ -1302,7 +1311,13 @@ class Broker:
                 billed = None
             if billed is not None:
                 return billed
-        return attempt.accrued_usd if attempt.accrued_usd else None
+        if attempt.accrued_usd:
+            return attempt.accrued_usd
+        # A machine that bills nothing itself (this one, an embedded H2O) costs its
+        # rate for the time it ran, whether or not the job ended with a model.
+        if not price_running_time:
+            return None
+        return _priced_runtime(attempt.candidate, attempt.running_s)
 
     def _charged(self, attempt: _Attempt, exc: BaseException) -> Decimal | None:
         """What a failed attempt cost: the error's figure, else the provider's bill."""

@@ -382,3 +382,47 @@ def test_runner_refuses_a_run_folder_that_holds_another_job(tmp_path):
         first.job_id
     )
     assert [j.job_id for j in broker.store.list_jobs()] == [first.job_id]
+
+
+class _UnbilledNoModel(ScriptedProvider):
+    """A machine that bills nothing itself and has no model after a cancel."""
+
+    def billed_usd(self, ref: Any) -> Decimal | None:
+        return None
+
+    def result(self, ref: Any, job: Any) -> Any:
+        from broker.errors import NoModelTrainedError
+
+        raise NoModelTrainedError("no trial finished before the cancel")
+
+
+def test_runner_cancelled_local_run_without_model_costs_its_running_time(tmp_path):
+    clock = FakeClock()
+    local = _UnbilledNoModel(
+        clock=clock,
+        name="local",
+        script=[("running", 0), ("succeeded", 3600)],
+        cancel_delay_s=20,
+    )
+    broker: Broker
+    job_ids: list[str] = []
+
+    def on_event(kind: str, payload: dict[str, Any]) -> None:
+        if kind == "plan":
+            job_ids.append(payload["job_id"])
+        if kind == "status" and clock.monotonic() >= 100 and len(job_ids) == 1:
+            job_ids.append("cancelled")
+            broker.cancel(job_ids[0])
+
+    broker = make_broker(
+        tmp_path, clock, {"local": local}, on_event=on_event, poll_interval_s=10
+    )
+
+    result = broker.run(spec("local"), run_dir=tmp_path / "run")
+
+    assert result.state == "cancelled"
+    # seen running from the first poll (t=0) to the poll that saw the cancel end
+    # (t=120): 120 s at the local rate of $100/h, billed per second
+    assert result.cost.actual_usd == Decimal("3.333333")
+    [attempt] = broker.store.attempts(result.job_id)
+    assert attempt.cost_usd == Decimal("3.333333")
