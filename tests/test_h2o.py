@@ -294,9 +294,28 @@ def test_automl_runtime_s_leaves_room_for_startup_and_export() -> None:
 
 
 def test_automl_runtime_s_too_small_raises_with_suggestion() -> None:
-    with pytest.raises(NoModelTrainedError, match="at least 30") as caught:
+    # 1.5 x 10 s of start-up + 10 s of AutoML + a 10 s reserve = 35 s
+    with pytest.raises(NoModelTrainedError, match="at least 35") as caught:
         automl_runtime_s(20, 10)
-    assert caught.value.suggested_min_budget_s == 30
+    assert caught.value.suggested_min_budget_s == 35
+
+
+def test_automl_runtime_s_suggestion_is_enough_for_a_slower_start() -> None:
+    # 30 s with 11 s of start-up leaves 9 s; the suggestion rounds 36.5 s up to 40 s
+    with pytest.raises(NoModelTrainedError, match="at least 40") as caught:
+        automl_runtime_s(30, 11)
+    suggested = caught.value.suggested_min_budget_s
+
+    assert suggested == 40
+    assert automl_runtime_s(suggested, 11 * 1.4) >= 10
+
+
+def test_automl_runtime_s_suggestion_counts_the_reserve_of_a_large_budget() -> None:
+    # 1.5 x 100 s + 10 s = 160 s is 90% of the budget: 177.8 s, rounded up to 180 s
+    with pytest.raises(NoModelTrainedError, match="at least 180"):
+        automl_runtime_s(110, 100)
+
+    assert automl_runtime_s(180, 100) >= 10
 
 
 def test_leaderboard_entries_converts_metrics_and_times() -> None:

@@ -32,6 +32,7 @@ import inspect
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -586,7 +587,11 @@ def automl_runtime_s(limit_s: float, elapsed_s: float) -> int:
     reserve_s = max(10.0, 0.1 * limit_s)
     available_s = int(limit_s - elapsed_s - reserve_s)
     if available_s < MIN_AUTOML_RUNTIME_S:
-        needed_s = elapsed_s + reserve_s + MIN_AUTOML_RUNTIME_S
+        # Start-up time varies from run to run: suggest a budget with room for half as
+        # much again, its reserve included, rounded up to 5 s.
+        startup_s = 1.5 * elapsed_s + MIN_AUTOML_RUNTIME_S
+        needed_s = max(startup_s + 10.0, startup_s / 0.9)
+        needed_s = 5.0 * math.ceil(needed_s / 5.0)
         raise NoModelTrainedError(
             f"a runtime budget of {limit_s:.0f} s leaves H2O {available_s} s to train "
             f"after {elapsed_s:.0f} s of start-up and a {reserve_s:.0f} s reserve for "
