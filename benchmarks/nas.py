@@ -175,22 +175,25 @@ def run_digits(max_trials: int, budget_s: float) -> dict[str, Any]:
 
 
 def summarise(runs: list[dict[str, Any]]) -> None:
-    """Add each run's epochs and seconds to reach its dataset's reference score."""
+    """Add each run's epochs and seconds to reach its reference score.
+
+    The reference is the best validation score of unpruned random search with the
+    same seed (the seed also draws the validation rows, so scores of other seeds are
+    not comparable); a run whose seed has no unpruned random run is held to the
+    lowest of the dataset's references.
+    """
     for dataset in {r["dataset"] for r in runs}:
         mine = [r for r in runs if r["dataset"] == dataset]
-        plain = [
-            r["best_validation"]
-            for r in mine
-            if r["strategy"] == "random" and r["pruner"] == "none"
-        ]
-        reference = min(plain) if plain else None  # worst seed: reachable by each
-        plain_epochs = {
-            r["seed"]: r["epochs"]
+        plain = {
+            r["seed"]: r
             for r in mine
             if r["strategy"] == "random" and r["pruner"] == "none"
         }
+        fallback = min((r["best_validation"] for r in plain.values()), default=None)
         for run in mine:
-            third = plain_epochs.get(run["seed"], 0) / 3
+            base = plain.get(run["seed"])
+            reference = base["best_validation"] if base else fallback
+            third = base["epochs"] / 3 if base else 0
             early = [p["best"] for p in run["curve"] if p["epochs"] <= third]
             run["best_within_third"] = max(early) if early else None
             run["reference"] = reference
@@ -201,6 +204,51 @@ def summarise(runs: list[dict[str, Any]]) -> None:
             ]
             run["epochs_to_reference"] = reached[0]["epochs"] if reached else None
             run["seconds_to_reference"] = reached[0]["seconds"] if reached else None
+            run["share_to_reference"] = (
+                round(reached[0]["epochs"] / base["epochs"], 3)
+                if reached and base
+                else None
+            )
+
+
+def pruning_summary(payload: dict[str, Any], dataset: str) -> list[str]:
+    """Per seed and pruner: the share of unpruned random search's epochs a pruned
+    random search spent to reach unpruned random search's best validation score."""
+    runs = [
+        r
+        for r in payload["runs"]
+        if r["dataset"] == dataset and r["strategy"] == "random"
+    ]
+    plain = {r["seed"]: r for r in runs if r["pruner"] == "none"}
+    pruned = [r for r in runs if r["pruner"] != "none" and r["seed"] in plain]
+    if not pruned:
+        return []
+    lines = [
+        f"### Pruning on {dataset}: epochs to reach unpruned random search's best",
+        "",
+        "| pruner | seed | reference (unpruned best) | unpruned epochs | "
+        "pruned: epochs to reference | share | within 1/3 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    passed: dict[str, list[bool]] = {}
+    for r in sorted(pruned, key=lambda r: (r["pruner"], r["seed"])):
+        base = plain[r["seed"]]
+        share = r.get("share_to_reference")
+        ok = share is not None and share <= 1 / 3
+        passed.setdefault(r["pruner"], []).append(ok)
+        lines.append(
+            f"| {r['pruner']} | {r['seed']} | {base['best_validation']:.4f} | "
+            f"{base['epochs']} | {_dash(r.get('epochs_to_reference'))} | "
+            f"{'-' if share is None else f'{share:.2f}'} | {'yes' if ok else 'no'} |"
+        )
+    lines.append("")
+    for pruner, oks in sorted(passed.items()):
+        lines.append(
+            f"- {pruner}: reached the reference within one third of the epochs on "
+            f"{sum(oks)} of {len(oks)} seeds."
+        )
+    lines.append("")
+    return lines
 
 
 def write_markdown(payload: dict[str, Any], path: Path) -> None:
@@ -211,7 +259,8 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         "",
         "Validation = best validation ROC AUC of the search (its own split of the 80% "
         "training rows); held-out = ROC AUC of the best model on the 20% held out. "
-        "Reference = best validation AUC of unpruned random search on that dataset; "
+        "Reference = best validation AUC of unpruned random search with the same "
+        "seed (the seed also draws the validation rows); "
         "'to ref' = epochs (and training seconds) the run spent until its best "
         "validation AUC reached the reference ('-': never); 'within 1/3' = the best "
         "validation AUC the run had reached within one third of the epochs of unpruned "
@@ -245,6 +294,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
                 f"{_score(r['best_within_third'])} | {r['seconds']} |"
             )
         lines.append("")
+        lines += pruning_summary(payload, dataset)
     digits = payload.get("digits")
     if digits:
         lines += [
@@ -333,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.replot:
         payload = json.loads((args.out / "nas.json").read_text())
+        summarise(payload["runs"])
         write_markdown(payload, args.out / "nas.md")
         plot(payload, args.out / "nas.png")
         return 0
