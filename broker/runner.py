@@ -734,6 +734,7 @@ class Broker:
                 last_error = exc
                 if not exc.failover_allowed:
                     self._fail(job_id, attempt, exc)
+                    self._write_failure(folder, job_id, exc, failovers)
                     raise
                 failovers.append(self._record_failover(job_id, attempt, exc))
                 excluded.append(_exclusion(attempt.candidate, exc))
@@ -747,6 +748,7 @@ class Broker:
                 )
                 if over_money or self._budget_left_s(spec, started) <= 0:
                     self._fail(job_id, attempt, exc)
+                    self._write_failure(folder, job_id, exc, failovers)
                     raise
                 failovers.append(self._record_failover(job_id, attempt, exc))
                 excluded.append(_exclusion(attempt.candidate, exc))
@@ -766,6 +768,7 @@ class Broker:
         }
         self.store.set_result(job_id, {"error": error, "failovers": len(failovers)})
         self.store.transition(job_id, JobState.FAILED, error=error)
+        self._write_failure(folder, job_id, last_error, failovers)
         if isinstance(last_error, NoModelTrainedError):
             raise last_error
         raise PlanningError(
@@ -1400,6 +1403,45 @@ class Broker:
             exc,
         )
         return record
+
+    def _write_failure(
+        self,
+        folder: Path,
+        job_id: str,
+        exc: BaseException | None,
+        failovers: list[FailoverRecord],
+    ) -> None:
+        """Leave result.json in the run folder of a failed job: what failed, where,
+        and what each attempt cost, as the store has it."""
+        from broker.redact import redact
+
+        payload = {
+            "job_id": job_id,
+            "state": JobState.FAILED.value,
+            "error": {
+                "type": type(exc).__name__ if exc is not None else "PlanningError",
+                "message": str(exc) if exc is not None else "no candidate was left",
+            },
+            "failovers": [f.model_dump(mode="json") for f in failovers],
+            "attempts": [
+                {
+                    "provider": a.provider,
+                    "machine": a.machine,
+                    "region": a.region,
+                    "state": a.state.value,
+                    "cost_usd": None if a.cost_usd is None else str(a.cost_usd),
+                }
+                for a in self.store.attempts(job_id)
+            ],
+        }
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "result.json").write_text(
+                json.dumps(redact(payload), indent=2, default=str) + "\n",
+                encoding="utf-8",
+            )
+        except OSError as exc_write:
+            logger.warning("job %s: cannot write %s: %s", job_id, folder, exc_write)
 
     def _write_inputs(self, folder: Path, prepared: Prepared) -> None:
         from broker.redact import redact

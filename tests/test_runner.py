@@ -292,6 +292,17 @@ def test_runner_bad_request_never_fails_over(tmp_path):
     assert fallback.calls == []
     [job] = broker.store.list_jobs()
     assert job.state is JobState.FAILED
+    # the run folder says what failed, where, and what it cost
+    written = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert written["job_id"] == job.job_id
+    assert written["state"] == "failed"
+    assert written["error"] == {
+        "type": "InvalidRequestError",
+        "message": "target column missing",
+    }
+    assert [(a["provider"], a["state"]) for a in written["attempts"]] == [
+        ("sagemaker", "failed")
+    ]
 
 
 def test_runner_max_usd_cancels_before_the_cap(tmp_path):
@@ -426,3 +437,33 @@ def test_runner_cancelled_local_run_without_model_costs_its_running_time(tmp_pat
     assert result.cost.actual_usd == Decimal("3.333333")
     [attempt] = broker.store.attempts(result.job_id)
     assert attempt.cost_usd == Decimal("3.333333")
+
+
+def test_runner_every_candidate_failing_leaves_the_story_in_the_run_folder(tmp_path):
+    from broker.errors import PlanningError
+
+    clock = FakeClock()
+    quota = QuotaExceededError("ResourceLimitExceeded: quota exceeded", provider="x")
+    first = scripted(
+        clock, "sagemaker", submit_errors=[replace_provider(quota, "sagemaker")] * 5
+    )
+    second = scripted(
+        clock, "local", submit_errors=[replace_provider(quota, "local")] * 5
+    )
+    broker = make_broker(tmp_path, clock, {"sagemaker": first, "local": second})
+
+    with pytest.raises(PlanningError, match="every candidate failed"):
+        broker.run(spec("sagemaker", "local"), run_dir=tmp_path / "run")
+
+    written = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert written["state"] == "failed"
+    assert written["error"]["type"] == "QuotaExceededError"
+    assert [f["provider"] for f in written["failovers"]] == ["sagemaker", "local"]
+    assert [(a["provider"], a["state"]) for a in written["attempts"]] == [
+        ("sagemaker", "failed"),
+        ("local", "failed"),
+    ]
+
+
+def replace_provider(error: QuotaExceededError, provider: str) -> QuotaExceededError:
+    return QuotaExceededError(str(error), provider=provider)
