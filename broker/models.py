@@ -17,6 +17,7 @@ from broker.providers.base import SavedModel
 
 LOADERS: dict[str, str] = {
     "torch-tabular": "broker.providers.local:load_model",
+    "local-ensemble": "broker.providers.local:load_model",
     "h2o-mojo": "broker.providers.h2o:load_model",
     "h2o-binary": "broker.providers.h2o:load_model",
 }

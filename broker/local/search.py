@@ -14,6 +14,11 @@ No trial starts after the deadline; a trial running at the deadline stops at its
 epoch boundary and keeps its best weights and score, so the search returns promptly with
 what it has. Trials run one at a time in the calling thread, or in worker processes
 (`workers` > 1, one per GPU on a multi-GPU machine), or on a Ray cluster.
+
+:func:`run_search` searches networks only. :func:`run_automl`, what the local provider
+runs, first fits gradient-boosted trees on the same rows within a share of the budget
+(:mod:`broker.local.classical`), then runs the network search, then chooses weights for
+the best networks and the trees on the validation rows (:mod:`broker.local.ensemble`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +37,9 @@ from broker.errors import (
     ConfigurationError,
     NoModelTrainedError,
 )
-from broker.local.export import TorchTabularModel
+from broker.local.classical import ALGORITHM as CLASSICAL_ALGORITHM
+from broker.local.ensemble import DEFAULT_ROUNDS, Candidate, Selection, greedy_selection
+from broker.local.export import EnsembleMember, LocalEnsembleModel, TorchTabularModel
 from broker.local.image import (
     ImageLayout,
     check_image,
@@ -61,6 +68,7 @@ from broker.local.trainer import TrialData, TrialOutcome
 if TYPE_CHECKING:
     import pandas as pd
 
+    from broker.local.classical import ClassicalRun
     from broker.local.journal import ResumeState, TrialJournal
     from broker.local.knowledge import KnowledgeBase
     from broker.local.parallel import Execution
@@ -69,6 +77,10 @@ logger = logging.getLogger(__name__)
 
 # How many of a search's best configurations are kept for later searches.
 REMEMBERED_CONFIGS = 3
+# How many of the best networks may join the ensemble.
+ENSEMBLE_NETWORKS = 5
+# The boosting models' share of the search budget; no configuration starts after it.
+CLASSICAL_BUDGET_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,10 @@ class SearchOptions:
         warm_start: start from the best configurations of similar earlier searches,
             and remember this one's.
         grid_points: values per numeric range for the grid strategy.
+        classical: also fit gradient-boosted trees on the same rows (tabular data
+            only), before the networks, within a fifth of the budget.
+        ensemble: combine the best networks and the trees with weights chosen on the
+            validation rows; off, the best single model is the job's model.
     """
 
     max_trials: int | None = None
@@ -113,8 +129,14 @@ class SearchOptions:
     input_shape: list[int] | None = None
     warm_start: bool = True
     grid_points: int = 3
+    classical: bool = True
+    ensemble: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("warm_start", "classical", "ensemble"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ConfigurationError(f"{name} must be true or false, got {value!r}")
         if self.max_trials is not None and self.max_trials < 1:
             raise ConfigurationError(
                 f"max_trials must be at least 1, got {self.max_trials}; leave it out to "
@@ -201,6 +223,10 @@ class SearchResult:
     warm_started: int = 0
     resumed_trials: int = 0
     checkpoint: TorchTabularModel | None = field(default=None, repr=False)
+    networks: list[Candidate] = field(default_factory=list, repr=False)
+    validation_target: np.ndarray | None = field(default=None, repr=False)
+    classical: ClassicalRun | None = field(default=None, repr=False)
+    selection: Selection | None = None
 
     @property
     def epochs_total(self) -> int:
@@ -237,6 +263,79 @@ class SearchResult:
             },
         )
 
+    def candidates(self) -> list[Candidate]:
+        """The kept networks (best first), then the fitted boosting models."""
+        classical = [
+            Candidate(
+                name=fit.name,
+                kind="classical",
+                algorithm=CLASSICAL_ALGORITHM,
+                validation_output=fit.validation_output,
+                score=fit.score,
+                model=fit.model,
+            )
+            for fit in (self.classical.fits if self.classical is not None else [])
+        ]
+        return [*self.networks, *classical]
+
+    @property
+    def best_model_id(self) -> str:
+        """The leaderboard id of the job's model: "ensemble", a trial or a tree model."""
+        if self.selection is None:
+            return f"trial-{self.best.trial_number}" if self.best else "none"
+        if self.selection.is_ensemble:
+            return "ensemble"
+        return next(iter(self.selection.weights))
+
+    def final_model(self) -> LocalEnsembleModel:
+        """The job's model: the chosen weights over the candidates, with the best
+        network always a member (weight 0 when unused).
+
+        Raises:
+            NoModelTrainedError: no trial finished (the search was cancelled first).
+        """
+        best_network = self.best_model()
+        assert self.best is not None  # best_model raised otherwise
+        best_name = f"trial-{self.best.trial_number}"
+        weights = dict(self.selection.weights) if self.selection else {best_name: 1.0}
+        weights.setdefault(best_name, 0.0)
+        by_name = {c.name: c for c in self.candidates()}
+        best = by_name.get(best_name) or Candidate(
+            name=best_name,
+            kind="network",
+            algorithm=self._algorithm,
+            validation_output=np.zeros(0),
+            score=self.best.score,
+        )
+        by_name[best_name] = replace(best, model=best_network)
+        members = [
+            EnsembleMember(
+                name=name,
+                kind=by_name[name].kind,
+                algorithm=by_name[name].algorithm,
+                weight=weight,
+                validation=_finite_or_none(by_name[name].score),
+                model=by_name[name].model,
+            )
+            for name, weight in weights.items()
+        ]
+        score = self.selection.score if self.selection else self.best.score
+        return LocalEnsembleModel(
+            task=self.target.task,
+            classes=list(self.target.classes),
+            members=members,
+            metadata={
+                "metric": self.metric.name,
+                "validation_score": _finite_or_none(score),
+                "winner": self.best_model_id,
+                "best_network": best_name,
+            },
+        )
+
+    @property
+    def _algorithm(self) -> str:
+        return "cnn" if self.space_kind == "image" else "mlp"
+
 
 def run_search(
     train: pd.DataFrame,
@@ -260,6 +359,7 @@ def run_search(
     dropped: list[str] | None = None,
     journal: TrialJournal | None = None,
     resume: ResumeState | None = None,
+    keep_networks: int = 0,
 ) -> SearchResult:
     """Search network configurations on `train` (safe column names plus the target).
 
@@ -282,6 +382,9 @@ def run_search(
             toward the limits and teach the strategy, and are not trained again. With
             no budget left (`budget_s` <= 0) and a checkpointed best model, the search
             ends at once with that model.
+        keep_networks: keep this many of the best networks with their outputs on the
+            validation rows (`networks` of the result), for an ensemble; 0 keeps
+            none. The search itself is the same either way.
 
     Returns:
         Every trial and the best one. Cancelled before the first trial ends: no best.
@@ -385,13 +488,18 @@ def run_search(
     )
 
     # 3. trials until a limit is reached
-    loop = SearchLoop(
-        options=options,
-        strategy=strategy,
-        metric=validation_metric,
-        deadline=deadline,
-        stop_event=stop_event,
-        on_trial=on_trial_done,
+    settings: dict[str, Any] = {
+        "options": options,
+        "strategy": strategy,
+        "metric": validation_metric,
+        "deadline": deadline,
+        "stop_event": stop_event,
+        "on_trial": on_trial_done,
+    }
+    loop = (
+        _KeepingLoop(keep_networks, **settings)
+        if keep_networks > 0
+        else SearchLoop(**settings)
     )
     if resume is not None and resume.trials:
         loop.replay(resume.trials)
@@ -422,7 +530,7 @@ def run_search(
         )
     if knowledge is not None and meta is not None and options.warm_start:
         _remember(knowledge, meta, loop, space, validation_metric, options)
-    return SearchResult(
+    result = SearchResult(
         trials=loop.trials,
         best=loop.best,
         metric=validation_metric,
@@ -440,7 +548,238 @@ def run_search(
         warm_started=len(first.configs) if first else 0,
         resumed_trials=len(resume.trials) if resume is not None else 0,
         checkpoint=resume.checkpoint if resume is not None else None,
+        validation_target=data.y_val,
     )
+    if isinstance(loop, _KeepingLoop) and result.best is not None:
+        result.networks = _network_candidates(
+            result, loop.kept, train.iloc[val_rows], options
+        )
+    return result
+
+
+class _KeepingLoop(SearchLoop):
+    """The search loop, also holding the weights of its `keep` best trials (the loop
+    itself keeps only the best one's)."""
+
+    def __init__(self, keep: int, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.keep = keep
+        self.kept: list[tuple[TrialOutcome, dict[str, Any]]] = []
+
+    def record(self, outcome: TrialOutcome) -> None:
+        weights = outcome.state_dict  # the loop drops it from trials that are not best
+        super().record(outcome)
+        if outcome.epochs_run > 0:
+            self._offer(outcome, weights)
+
+    def replay(self, outcomes: list[TrialOutcome]) -> None:
+        super().replay(outcomes)
+        for outcome in outcomes:
+            self._offer(outcome, outcome.state_dict)
+
+    def _offer(self, outcome: TrialOutcome, weights: dict[str, Any]) -> None:
+        if not weights or math.isnan(outcome.score):
+            return
+        self.kept.append((outcome, weights))
+        self.kept.sort(key=lambda kept: -self.reward(kept[0].score))  # stable: earlier
+        del self.kept[self.keep :]
+
+
+def _network_candidates(
+    result: SearchResult,
+    kept: list[tuple[TrialOutcome, dict[str, Any]]],
+    val_frame: pd.DataFrame,
+    options: SearchOptions,
+) -> list[Candidate]:
+    """The best network, then the other kept ones, with their validation outputs."""
+    assert result.best is not None and result.validation_target is not None
+    best = result.best
+    models = [(best, result.best_model())]
+    for outcome, weights in kept:
+        if outcome.trial_number == best.trial_number:
+            continue
+        model = TorchTabularModel(
+            preprocessor=result.preprocessor,
+            target=result.target,
+            network=outcome.network,
+            state_dict=weights,
+            metadata=_model_metadata(outcome, result.metric, options),
+        )
+        models.append((outcome, model))
+
+    candidates = []
+    for outcome, model in models:
+        if result.target.task == "regression":
+            output = model.predict(val_frame)
+        else:
+            output = model.predict_proba(val_frame)
+        candidates.append(
+            Candidate(
+                name=f"trial-{outcome.trial_number}",
+                kind="network",
+                algorithm=result._algorithm,
+                validation_output=output,
+                score=result.metric(result.validation_target, output),
+                model=model,
+            )
+        )
+    return candidates
+
+
+def run_automl(
+    train: pd.DataFrame,
+    *,
+    target: str,
+    task: str,
+    numeric: list[str],
+    categorical: list[str],
+    metric: str,
+    budget_s: float,
+    classes: list[Any] | None = None,
+    options: SearchOptions | None = None,
+    space: SearchSpace | None = None,
+    stop_event: threading.Event | None = None,
+    started: float | None = None,
+    dropped: list[str] | None = None,
+    resume: ResumeState | None = None,
+    **search_settings: Any,
+) -> SearchResult:
+    """Boosting models, then the network search, then an ensemble of the best of both.
+
+    With the `classical` option (tabular data only) gradient-boosted trees are fitted
+    first on the rows the networks train on, within :data:`CLASSICAL_BUDGET_SHARE` of
+    the budget, so that they exist whatever happens to the search. The network search
+    then runs in the rest of the budget, keeping its :data:`ENSEMBLE_NETWORKS` best
+    networks. Last, weights over the networks and trees are chosen on the validation
+    rows (`ensemble` option), or the best single model is taken; the result's
+    :meth:`SearchResult.final_model` is the job's model.
+
+    Args:
+        budget_s: seconds from `started` (default: now) for all of it.
+        search_settings: passed on to :func:`run_search` (positive_class,
+            after_preprocess, on_trial, knowledge, execution, journal).
+
+    Returns:
+        The network search's result with `classical` and `selection` filled in.
+
+    Raises:
+        NoModelTrainedError, ConfigurationError, ProviderUnavailableError: as
+            :func:`run_search`.
+    """
+    # TODO(local-classical-resume): the boosting models are not journaled; a resumed
+    # search fits them again (seconds), and none are fitted once the budget is spent.
+    # TODO(local-classical-only): when the budget runs out before the first network
+    # trial, the fitted trees are dropped with the search's NoModelTrainedError; the
+    # job could return them instead.
+    options = options or SearchOptions()
+    stop_event = stop_event or threading.Event()
+    started = time.monotonic() if started is None else started
+    classical = None
+    tabular = (space is None or space.kind == "tabular") and image_layout(
+        numeric, categorical, dropped or [], options.input_shape
+    ) is None
+    if options.classical and tabular and budget_s > 0:
+        classical = _fit_classical(
+            train,
+            target=target,
+            task=task,
+            numeric=numeric,
+            categorical=categorical,
+            classes=classes,
+            options=options,
+            time_cap_s=CLASSICAL_BUDGET_SHARE * budget_s,
+            stop_event=stop_event,
+        )
+
+    result = run_search(
+        train,
+        target=target,
+        task=task,
+        numeric=numeric,
+        categorical=categorical,
+        metric=metric,
+        budget_s=budget_s,
+        classes=classes,
+        options=options,
+        space=space,
+        stop_event=stop_event,
+        started=started,
+        dropped=dropped,
+        resume=resume,
+        keep_networks=ENSEMBLE_NETWORKS if options.ensemble else 1,
+        **search_settings,
+    )
+    result.classical = classical
+    if classical is not None:
+        result.notes.extend(classical.notes)
+    _select(result, options)
+    return result
+
+
+def _fit_classical(
+    train: pd.DataFrame,
+    *,
+    target: str,
+    task: str,
+    numeric: list[str],
+    categorical: list[str],
+    classes: list[Any] | None,
+    options: SearchOptions,
+    time_cap_s: float,
+    stop_event: threading.Event,
+) -> ClassicalRun:
+    """The boosting stage on the rows and classes the network search will use."""
+    import pandas as pd
+
+    from broker.local.classical import fit_classical
+
+    target_encoder = TargetEncoder.fit(train[target], task=task, classes=classes)
+    fit_rows, val_rows = _validation_split(train, target, task, options)
+    fit_frame = train.iloc[fit_rows]
+    if target_encoder.task == "regression":
+        y_fit = pd.to_numeric(fit_frame[target], errors="coerce").to_numpy(np.float64)
+    else:
+        y_fit = target_encoder.encode(fit_frame[target])
+    return fit_classical(
+        fit_frame,
+        y_fit,
+        train.iloc[val_rows],
+        task=target_encoder.task,
+        classes=list(target_encoder.classes),
+        numeric=numeric,
+        categorical=categorical,
+        seed=options.seed,
+        time_cap_s=time_cap_s,
+        should_stop=stop_event.is_set,
+    )
+
+
+def _select(result: SearchResult, options: SearchOptions) -> None:
+    """Score the boosting models and choose the weights (or the best single model)."""
+    if result.validation_target is None or not result.networks:
+        return  # finished from a checkpoint: the best network is the model
+    for fit in result.classical.fits if result.classical is not None else []:
+        fit.score = result.metric(result.validation_target, fit.validation_output)
+    result.selection = greedy_selection(
+        result.candidates(),
+        result.validation_target,
+        result.metric,
+        rounds=DEFAULT_ROUNDS if options.ensemble else 1,
+        seed=options.seed,
+    )
+    chosen = ", ".join(f"{k} {v:.3g}" for k, v in result.selection.weights.items())
+    logger.info(
+        "local model: %s (validation %s %.5f; best single %s %.5f)",
+        chosen,
+        result.metric.name,
+        result.selection.score,
+        result.selection.best_single,
+        result.selection.best_single_score,
+    )
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
 
 
 def _model_metadata(
@@ -650,5 +989,6 @@ __all__ = [
     "detect_image_shape",
     "image_layout",
     "require_ray",
+    "run_automl",
     "run_search",
 ]

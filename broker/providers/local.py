@@ -1,18 +1,25 @@
-"""The local provider: the PyTorch network search of :mod:`broker.local` on this machine.
+"""The local provider: the PyTorch network search of :mod:`broker.local` on this machine,
+beside gradient-boosted trees, with an ensemble of the best of both.
 
 Options come from ``JobSpec.provider_options["local"]`` (see
 :class:`broker.local.search.SearchOptions`): ``strategy`` (random, grid, tpe, rl,
 evolution), ``pruner`` (none, median, asha, hyperband), ``max_trials``,
 ``stop_after_no_improvement``, ``workers``, ``ray_address``, ``input_shape``,
-``warm_start`` and the trial settings. A submitted job runs in a background thread of
-this process (its trials in worker processes when ``workers`` > 1). Each completed trial is
-written to ``run_dir/local/trials.jsonl`` and the best weights so far beside it (see
+``warm_start``, ``classical`` and ``ensemble`` (both on by default; off, the job's model
+is the best network alone) and the trial settings. The leaderboard lists the network
+trials ("mlp" or "cnn"), the boosting models ("hist_gradient_boosting") and the ensemble
+("ensemble", its params the member weights); ``best_model_id`` names the job's model.
+
+A submitted job runs in a background thread of this process (its trials in worker
+processes when ``workers`` > 1). Each completed trial is written to
+``run_dir/local/trials.jsonl`` and the best weights so far beside it (see
 :mod:`broker.local.journal`); submitting the same job again (the same idempotency key)
 after the process died resumes the search from those trials with the runtime that is
-left, instead of starting over. `poll` reads its progress,
-`cancel` stops it at the next epoch boundary and waits for the thread, `result` exports the
-best network into the run folder, and `predict` uses it. Nothing is billed by a service; the
-cost model prices local runs from the user's configured local rate.
+left, instead of starting over. `poll` reads its progress, `cancel` stops it at the next
+epoch boundary and waits for the thread, `result` exports the job's model into the run
+folder (format ``local-ensemble``, see :mod:`broker.local.export`), and `predict` uses
+it. Nothing is billed by a service; the cost model prices local runs from the user's
+configured local rate.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from broker.local.export import TorchTabularModel
+    from broker.local.export import LocalEnsembleModel, TorchTabularModel
     from broker.local.journal import ResumeState
     from broker.local.knowledge import KnowledgeBase
     from broker.local.search import SearchOptions, SearchResult
@@ -59,14 +66,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MODEL_FORMAT = "torch-tabular"
+MODEL_FORMAT = "local-ensemble"
 
 
-def load_model(path: str | Path) -> TorchTabularModel:
-    """Load a model the local provider exported (`run_dir/model`), running no stored code."""
-    from broker.local.export import load_model as _load
+def load_model(path: str | Path) -> LocalEnsembleModel | TorchTabularModel:
+    """Load a model the local provider exported (`run_dir/model`), running no stored code.
 
-    return _load(path)
+    A run folder of this version holds a :class:`~broker.local.export.LocalEnsembleModel`;
+    one written before holds a network alone (format ``torch-tabular``), still loaded.
+    """
+    from broker.local.export import load_local_model
+
+    return load_local_model(path)
 
 
 @dataclass
@@ -88,7 +99,7 @@ class _Run:
     trials_done: int = 0
     best_score: float | None = None
     search: SearchResult | None = None
-    model: TorchTabularModel | None = None
+    model: LocalEnsembleModel | TorchTabularModel | None = None
     model_path: Path | None = None
     error: Exception | None = None
     resume: ResumeState | None = None
@@ -228,7 +239,7 @@ class LocalProvider(Provider):
         leaderboard = self._leaderboard(search)
         return ProviderResult(
             leaderboard=leaderboard,
-            best_model_id=f"trial-{search.best.trial_number}",
+            best_model_id=search.best_model_id,
             model_path=run.model_path,
             model_format=MODEL_FORMAT,
             provider_units={
@@ -241,6 +252,11 @@ class LocalProvider(Provider):
                 "pruner": search.pruner,
                 "epochs": search.epochs_total,
                 "space": search.space_kind,
+                "models": {
+                    "networks": len(search.trials),
+                    "classical": len(search.classical.fits) if search.classical else 0,
+                },
+                "ensemble": _ensemble_units(search),
             },
             actual_cost_usd=None,
             runtime_s=search.elapsed_s,
@@ -270,7 +286,7 @@ class LocalProvider(Provider):
     # --- the search thread ---------------------------------------------------------------
 
     def _search(self, run: _Run) -> None:
-        from broker.local.search import run_search
+        from broker.local.search import run_automl
 
         job = run.job
         with run.lock:
@@ -297,7 +313,7 @@ class LocalProvider(Provider):
         error: Exception | None = None
         try:
             knowledge = self._knowledge_base() if run.options.warm_start else None
-            search = run_search(
+            search = run_automl(
                 job.train,
                 target=job.schema.target_safe_name,
                 task=job.schema.task.value,
@@ -403,11 +419,11 @@ class LocalProvider(Provider):
                 self._cancel_wait_s,
             )
 
-    def _model(self, run: _Run) -> TorchTabularModel:
+    def _model(self, run: _Run) -> LocalEnsembleModel | TorchTabularModel:
         if run.model is not None:
             return run.model
         if run.search is not None and run.search.best is not None:
-            run.model = run.search.best_model()
+            run.model = run.search.final_model()
         elif run.model_path is not None:
             run.model = load_model(run.model_path)
         else:
@@ -433,13 +449,63 @@ class LocalProvider(Provider):
             )
             for t in search.trials
         ]
+        entries.extend(_classical_entries(search, self.name))
+        if search.selection is not None and search.selection.is_ensemble:
+            entries.append(
+                LeaderboardEntry(
+                    model_id="ensemble",
+                    provider=self.name,
+                    algorithm="ensemble",
+                    validation_metrics={metric.name: _finite(search.selection.score)},
+                    params=dict(search.selection.weights),
+                    notes=(
+                        f"greedy selection over {len(search.candidates())} models, "
+                        f"{search.selection.chosen_round} of "
+                        f"{search.selection.rounds} rounds"
+                    ),
+                )
+            )
         sign = -1.0 if metric.direction == "maximize" else 1.0
 
-        def rank(entry: LeaderboardEntry) -> tuple[bool, float]:
+        winner = search.best_model_id
+
+        def rank(entry: LeaderboardEntry) -> tuple[bool, float, bool]:
             value = entry.validation_metrics[metric.name]
-            return (value is None, sign * value if value is not None else 0.0)
+            score = sign * value if value is not None else 0.0
+            # the job's model comes first among models of equal score
+            return (value is None, score, entry.model_id != winner)
 
         return sorted(entries, key=rank)
+
+
+def _classical_entries(search: SearchResult, provider: str) -> list[LeaderboardEntry]:
+    fits = search.classical.fits if search.classical is not None else []
+    return [
+        LeaderboardEntry(
+            model_id=fit.name,
+            provider=provider,
+            algorithm="hist_gradient_boosting",
+            validation_metrics={search.metric.name: _finite(fit.score)},
+            training_time_s=fit.training_time_s,
+            params={**fit.params, "iterations": fit.iterations},
+        )
+        for fit in fits
+    ]
+
+
+def _ensemble_units(search: SearchResult) -> dict[str, Any]:
+    """What the job's model is made of, for the result's provider units."""
+    selection = search.selection
+    if selection is None:
+        best = f"trial-{search.best.trial_number}" if search.best else None
+        return {"weights": {best: 1.0} if best else {}, "validation": None}
+    return {
+        "weights": dict(selection.weights),
+        "validation": _finite(selection.score),
+        "best_single": selection.best_single,
+        "best_single_validation": _finite(selection.best_single_score),
+        "rounds": selection.rounds,
+    }
 
 
 def _read_resume(job: ProviderJob) -> ResumeState | None:

@@ -1,0 +1,553 @@
+"""Gradient-boosted trees beside the network search, kept as plain arrays.
+
+The local backend fits scikit-learn's histogram gradient boosting on the rows the
+network search trains on and scores it on the same validation rows, with a few seeded
+configurations, before the first network trial. Each fitted model is turned into a
+:class:`GradientBoostingModel`: its trees as node arrays, its baseline and its column
+encoding, predicted by a vectorised numpy walk. The model is saved as JSON and an
+``.npz`` of plain arrays, so loading it runs no stored code and needs no scikit-learn.
+
+Columns are read as one numeric matrix: numeric columns as they are (missing values
+stay NaN; the trees route them), categorical columns as integer codes in the order of
+their sorted values on the training rows, with unseen and missing values as NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from broker.errors import ConfigurationError, InputError
+from broker.local.preprocess import _jsonable, _require_columns
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+MODEL_FORMAT = "hist-gradient-boosting"
+FORMAT_VERSION = 1
+ALGORITHM = "hist_gradient_boosting"
+TREES_FILE = "trees.npz"
+
+# Seeded configurations, fitted in this order while the time cap allows.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "hgb-default": {},
+    "hgb-slow": {"learning_rate": 0.05, "max_iter": 500},
+    "hgb-wide": {"learning_rate": 0.05, "max_iter": 300, "max_leaf_nodes": 127},
+    "hgb-l2": {"l2_regularization": 10.0, "max_iter": 300},
+}
+# Below these sizes the trees' own early-stopping split is too small to trust; the
+# configurations then run at most this many iterations.
+EARLY_STOPPING_MIN_ROWS = 200
+EARLY_STOPPING_MIN_CLASS_ROWS = 10
+ITERATIONS_WITHOUT_EARLY_STOPPING = 100
+
+
+class ClassicalExportError(ConfigurationError):
+    """The installed scikit-learn keeps its fitted trees where this module cannot read
+    them; the boosting model cannot be exported without pickle."""
+
+
+@dataclass(frozen=True)
+class ColumnCodes:
+    """How a frame becomes the trees' numeric matrix; fitted on the training rows.
+
+    Args:
+        numeric: numeric columns, read as floats (missing stays NaN).
+        categorical: categorical columns and their known values in code order.
+    """
+
+    numeric: list[str]
+    categorical: dict[str, list[str]]
+
+    @classmethod
+    def fit(
+        cls, frame: pd.DataFrame, numeric: list[str], categorical: list[str]
+    ) -> ColumnCodes:
+        """Learn the category codes from `frame` (the training rows only)."""
+        vocabularies = {
+            name: sorted(frame[name].dropna().astype(str).unique().tolist())
+            for name in categorical
+        }
+        return cls(numeric=list(numeric), categorical=vocabularies)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """The (n, features) float64 matrix; unseen or missing categories are NaN.
+
+        Raises:
+            ColumnNotFoundError: a feature the model was trained on is not in `frame`.
+        """
+        import pandas as pd
+
+        _require_columns(frame, self.feature_names)
+        columns = [
+            pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
+            for name in self.numeric
+        ]
+        for name, vocabulary in self.categorical.items():
+            lookup = {value: float(code) for code, value in enumerate(vocabulary)}
+            series = frame[name]
+            codes = np.array(
+                [lookup.get(v, math.nan) for v in series.astype(str).tolist()],
+                dtype=np.float64,
+            )
+            codes[series.isna().to_numpy()] = math.nan
+            columns.append(codes)
+        if not columns:
+            return np.zeros((len(frame), 0), dtype=np.float64)
+        return np.stack(columns, axis=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"numeric": self.numeric, "categorical": self.categorical}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> ColumnCodes:
+        return cls(
+            numeric=list(payload["numeric"]),
+            categorical={k: list(v) for k, v in payload["categorical"].items()},
+        )
+
+
+@dataclass
+class TreeArrays:
+    """Every tree of a boosting model as flat node arrays.
+
+    Child indices are positions in the flat arrays; tree `t` starts at `roots[t]` and
+    adds its leaf value to raw score column `outputs[t]`, trees in fitting order.
+    """
+
+    feature: np.ndarray  # int64
+    threshold: np.ndarray  # float64
+    missing_left: np.ndarray  # bool
+    left: np.ndarray  # int64
+    right: np.ndarray  # int64
+    is_leaf: np.ndarray  # bool
+    value: np.ndarray  # float64
+    roots: np.ndarray  # int64
+    outputs: np.ndarray  # int64
+    baseline: np.ndarray  # float64, one per raw score column
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "feature": self.feature,
+            "threshold": self.threshold,
+            "missing_left": self.missing_left,
+            "left": self.left,
+            "right": self.right,
+            "is_leaf": self.is_leaf,
+            "value": self.value,
+            "roots": self.roots,
+            "outputs": self.outputs,
+            "baseline": self.baseline,
+        }
+
+    def raw_scores(self, x: np.ndarray, *, chunk_rows: int = 4096) -> np.ndarray:
+        """Baseline plus every tree's leaf value: (n, raw score columns) float64."""
+        n_outputs = len(self.baseline)
+        raw = np.empty((len(x), n_outputs), dtype=np.float64)
+        for start in range(0, len(x), chunk_rows):
+            part = x[start : start + chunk_rows]
+            raw[start : start + len(part)] = self._raw_chunk(part)
+        return raw
+
+    def _raw_chunk(self, x: np.ndarray) -> np.ndarray:
+        # every row walks every tree at once, one level per pass
+        rows = np.arange(len(x))[:, None]
+        node = np.broadcast_to(self.roots, (len(x), len(self.roots))).copy()
+        for _ in range(len(self.value)):
+            at_leaf = self.is_leaf[node]
+            if at_leaf.all():
+                break
+            values = x[rows, self.feature[node]]
+            go_left = np.where(
+                np.isnan(values),
+                self.missing_left[node],
+                values <= self.threshold[node],
+            )
+            step = np.where(go_left, self.left[node], self.right[node])
+            node = np.where(at_leaf, node, step)
+
+        leaf_values = self.value[node]
+        raw = np.zeros((len(x), len(self.baseline)), dtype=np.float64)
+        raw += self.baseline
+        for tree, output in enumerate(self.outputs):  # fitting order, as the trees add
+            raw[:, output] += leaf_values[:, tree]
+        return raw
+
+
+def extract_trees(model: Any) -> TreeArrays:
+    """Read a fitted HistGradientBoosting model's trees into :class:`TreeArrays`.
+
+    This is the one place that reads scikit-learn's private attributes
+    (``_predictors``, each predictor's ``nodes`` and ``_baseline_prediction``).
+
+    Raises:
+        ClassicalExportError: the attributes are missing or hold categorical splits.
+    """
+    try:
+        predictors = model._predictors
+        baseline = np.asarray(model._baseline_prediction, dtype=np.float64).ravel()
+        node_tables = [
+            (output, predictor.nodes)
+            for iteration in predictors
+            for output, predictor in enumerate(iteration)
+        ]
+        columns = {
+            name: [table[name] for _, table in node_tables]
+            for name in (
+                "feature_idx",
+                "num_threshold",
+                "missing_go_to_left",
+                "left",
+                "right",
+                "is_leaf",
+                "value",
+                "is_categorical",
+            )
+        }
+    except (AttributeError, KeyError, ValueError, TypeError) as exc:
+        import sklearn
+
+        raise ClassicalExportError(
+            f"scikit-learn {sklearn.__version__} keeps its fitted boosting trees where "
+            f"the local backend cannot read them ({type(exc).__name__}: {exc}); "
+            f"install a scikit-learn between 1.2 and 1.9, or set the local option "
+            f"classical=false"
+        ) from None
+    if any(np.any(flags) for flags in columns["is_categorical"]):
+        raise ClassicalExportError(
+            "the boosting model holds categorical splits, which the array export does "
+            "not support; fit it with categorical_features=None"
+        )
+
+    sizes = [len(table) for _, table in node_tables]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    shift = np.repeat(offsets, sizes)
+    return TreeArrays(
+        feature=_joined(columns["feature_idx"], np.int64),
+        threshold=_joined(columns["num_threshold"], np.float64),
+        missing_left=_joined(columns["missing_go_to_left"], np.bool_),
+        left=_joined(columns["left"], np.int64) + shift,
+        right=_joined(columns["right"], np.int64) + shift,
+        is_leaf=_joined(columns["is_leaf"], np.bool_),
+        value=_joined(columns["value"], np.float64),
+        roots=offsets,
+        outputs=np.array([output for output, _ in node_tables], dtype=np.int64),
+        baseline=baseline,
+    )
+
+
+def _joined(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    if not parts:
+        return np.zeros(0, dtype=dtype)
+    return np.concatenate([np.asarray(p) for p in parts]).astype(dtype)
+
+
+class GradientBoostingModel:
+    """A fitted boosting model as arrays, with its column encoding.
+
+    Frames passed in use the features' safe names; extra columns are ignored.
+
+    Args:
+        task: "binary", "multiclass" or "regression".
+        classes: the job's class labels in output order (empty for regression).
+        class_columns: for each raw score column, the index in `classes` it scores
+            (classes absent from the training rows get probability 0).
+        codes: the column encoding fitted on the training rows.
+        trees: the trees.
+        metadata: the configuration name, parameters and validation score.
+    """
+
+    def __init__(
+        self,
+        *,
+        task: str,
+        classes: list[Any],
+        class_columns: list[int],
+        codes: ColumnCodes,
+        trees: TreeArrays,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.task = task
+        self._classes = list(classes)
+        self.class_columns = list(class_columns)
+        self.codes = codes
+        self.trees = trees
+        self.metadata = dict(metadata or {})
+
+    @property
+    def classes(self) -> list[Any] | None:
+        return None if self.task == "regression" else list(self._classes)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.codes.feature_names
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class probabilities (n, k) in `classes` order.
+
+        Raises:
+            InputError: the model is a regression model.
+        """
+        if self.task == "regression":
+            raise InputError(
+                "predict_proba is for classification models; this model does "
+                "regression, call predict instead"
+            )
+        return self.output_from_matrix(self.codes.transform(frame))
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class labels (n,) for classification, target values (n,) for regression."""
+        output = self.output_from_matrix(self.codes.transform(frame))
+        if self.task == "regression":
+            return output
+        labels = np.asarray(self._classes, dtype=object)
+        return labels[output.argmax(axis=1)]
+
+    def output_from_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (n, k) or values (n,) from the encoded matrix."""
+        from scipy.special import expit, softmax
+
+        raw = self.trees.raw_scores(x)
+        if self.task == "regression":
+            return raw[:, 0]
+        if raw.shape[1] == 1:  # two classes: one score for the second one
+            positive = expit(raw[:, 0])
+            present = np.stack([1.0 - positive, positive], axis=1)
+        else:
+            present = softmax(raw, axis=1)
+        proba = np.zeros((len(x), len(self._classes)), dtype=np.float64)
+        proba[:, self.class_columns] = present
+        return proba
+
+    def save(self, folder: str | Path) -> Path:
+        """Write model.json and trees.npz (plain arrays) into `folder`; return it."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        model_json = {
+            "format": MODEL_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "task": self.task,
+            "classes": [_jsonable(c) for c in self._classes],
+            "class_columns": self.class_columns,
+            "features": self.feature_names,
+            "codes": self.codes.to_dict(),
+            "metadata": self.metadata,
+        }
+        (folder / "model.json").write_text(
+            json.dumps(model_json, indent=2, default=str)
+        )
+        with (folder / TREES_FILE).open("wb") as handle:
+            arrays: dict[str, Any] = self.trees.arrays()
+            np.savez(handle, allow_pickle=False, **arrays)
+        return folder
+
+
+def load_classical(path: str | Path) -> GradientBoostingModel:
+    """Load a model saved by :meth:`GradientBoostingModel.save`, reading arrays only.
+
+    Raises:
+        ConfigurationError: the folder is not such a model or a file is unreadable.
+    """
+    folder = Path(path)
+    try:
+        model_json = json.loads((folder / "model.json").read_text())
+        with np.load(folder / TREES_FILE, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        trees = TreeArrays(**arrays)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"cannot read a saved boosting model from {str(folder)!r}: {exc}; point "
+            f"at a member folder of the run's model folder"
+        ) from None
+    if model_json.get("format") != MODEL_FORMAT:
+        raise ConfigurationError(
+            f"{str(folder)!r} holds a model of format {model_json.get('format')!r}, "
+            f"not {MODEL_FORMAT!r}"
+        )
+    return GradientBoostingModel(
+        task=str(model_json["task"]),
+        classes=list(model_json["classes"]),
+        class_columns=[int(c) for c in model_json["class_columns"]],
+        codes=ColumnCodes.from_dict(model_json["codes"]),
+        trees=trees,
+        metadata=model_json.get("metadata", {}),
+    )
+
+
+@dataclass
+class ClassicalFit:
+    """One fitted configuration and its output on the validation rows."""
+
+    name: str
+    params: dict[str, Any]
+    model: GradientBoostingModel
+    validation_output: np.ndarray
+    training_time_s: float
+    iterations: int
+    score: float = math.nan
+
+
+@dataclass
+class ClassicalRun:
+    """What the classical stage produced within its time cap."""
+
+    fits: list[ClassicalFit] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # configurations not started
+    notes: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def fit_classical(
+    fit_frame: pd.DataFrame,
+    y_fit: np.ndarray,
+    val_frame: pd.DataFrame,
+    *,
+    task: str,
+    classes: list[Any],
+    numeric: list[str],
+    categorical: list[str],
+    seed: int,
+    time_cap_s: float,
+    configs: dict[str, dict[str, Any]] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    should_stop: Callable[[], bool] | None = None,
+    threads: int | None = None,
+) -> ClassicalRun:
+    """Fit the boosting configurations in order until the time cap is spent.
+
+    Args:
+        fit_frame: the rows the network search trains on (safe names).
+        y_fit: their targets: class indices into `classes`, or values for regression.
+        val_frame: the validation rows; each model's output on them is kept.
+        time_cap_s: no configuration starts once this many seconds have passed; a
+            configuration running then finishes.
+        configs: name -> parameters; default :data:`CONFIGS`.
+        clock: monotonic seconds (a seam for tests).
+        should_stop: when it returns True no further configuration starts (the job
+            was cancelled).
+        threads: OpenMP threads for fitting; default half the cores (at least one).
+            More threads than free cores make OpenMP's waiting threads spin, which
+            slows fitting by orders of magnitude on a busy machine.
+
+    Returns:
+        The fitted configurations, those skipped for time, and notes.
+    """
+    from threadpoolctl import threadpool_limits
+
+    configs = CONFIGS if configs is None else configs
+    started = clock()
+    codes = ColumnCodes.fit(fit_frame, numeric, categorical)
+    x_fit = codes.transform(fit_frame)
+    x_val = codes.transform(val_frame)
+    run = ClassicalRun()
+
+    present = sorted(set(np.asarray(y_fit).tolist())) if task != "regression" else []
+    if task != "regression" and len(present) < 2:
+        run.notes.append(
+            "the boosting models were not fitted: the training rows hold one class"
+        )
+        return run
+
+    for name, params in configs.items():
+        # TODO(local-classical-cap): a configuration that starts just before the cap
+        # runs to its end; fitting in chunks with warm_start would let it stop there.
+        if clock() - started >= time_cap_s or (should_stop and should_stop()):
+            run.skipped.append(name)
+            continue
+        t0 = clock()
+        estimator = _estimator(task, params, seed, y_fit)
+        with threadpool_limits(limits=threads or _default_threads(), user_api="openmp"):
+            estimator.fit(x_fit, y_fit)
+        model = GradientBoostingModel(
+            task=task,
+            classes=classes,
+            class_columns=[int(c) for c in getattr(estimator, "classes_", [])],
+            codes=codes,
+            trees=extract_trees(estimator),
+            metadata={"name": name, "params": params},
+        )
+        fit = ClassicalFit(
+            name=name,
+            params=dict(params),
+            model=model,
+            validation_output=model.output_from_matrix(x_val),
+            training_time_s=clock() - t0,
+            iterations=int(estimator.n_iter_),
+        )
+        run.fits.append(fit)
+        logger.info(
+            "%s: %d iterations in %.1fs", name, fit.iterations, fit.training_time_s
+        )
+
+    run.elapsed_s = clock() - started
+    if run.skipped:
+        run.notes.append(
+            f"boosting configurations {run.skipped} were not fitted: their time cap "
+            f"of {time_cap_s:.1f} s was spent"
+        )
+    return run
+
+
+def _estimator(task: str, params: dict[str, Any], seed: int, y_fit: np.ndarray) -> Any:
+    from sklearn.ensemble import (
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+    )
+
+    settings: dict[str, Any] = {
+        "categorical_features": None,
+        "early_stopping": _can_stop_early(task, y_fit),
+        "random_state": seed,
+        **params,
+    }
+    if not settings["early_stopping"]:
+        settings["max_iter"] = min(
+            int(settings.get("max_iter", 100)), ITERATIONS_WITHOUT_EARLY_STOPPING
+        )
+    if task == "regression":
+        return HistGradientBoostingRegressor(**settings)
+    return HistGradientBoostingClassifier(**settings)
+
+
+def _default_threads() -> int:
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def _can_stop_early(task: str, y_fit: np.ndarray) -> bool:
+    if len(y_fit) < EARLY_STOPPING_MIN_ROWS:
+        return False
+    if task == "regression":
+        return True
+    counts = np.unique(np.asarray(y_fit), return_counts=True)[1]
+    return bool(counts.min() >= EARLY_STOPPING_MIN_CLASS_ROWS)
+
+
+__all__ = [
+    "ALGORITHM",
+    "CONFIGS",
+    "MODEL_FORMAT",
+    "ClassicalExportError",
+    "ClassicalFit",
+    "ClassicalRun",
+    "ColumnCodes",
+    "GradientBoostingModel",
+    "TreeArrays",
+    "extract_trees",
+    "fit_classical",
+    "load_classical",
+]
