@@ -86,6 +86,30 @@ def test_hyperband_prunes_trailing_trials_at_each_bracket_first_rung() -> None:
     assert set(trailing) == {2, 6, 18}
 
 
+@pytest.mark.parametrize("name", ["median", "asha", "hyperband"])
+def test_pruner_replay_of_completed_trials_judges_new_trials_as_before(
+    name: str,
+) -> None:
+    curves = [[0.60 + 0.02 * n + 0.01 * e for e in range(6)] for n in range(1, 7)]
+    newcomers = [[0.5] * 6, [0.9] * 6, [0.62, 0.64, 0.66, 0.68, 0.7, 0.72]]
+    live = EpochPruner(name, max_epochs=6, startup_trials=2)
+    ends = [_run(live, n, curve) for n, curve in enumerate(curves, start=1)]
+    resumed = EpochPruner(name, max_epochs=6, startup_trials=2)
+    for n, (curve, end) in enumerate(zip(curves, ends, strict=True), start=1):
+        seen = curve if end is None else curve[:end]
+        resumed.replay(n, seen, max(seen), pruned=end is not None)
+    fresh = EpochPruner(name, max_epochs=6, startup_trials=2)
+
+    after_live = [_run(live, 7 + i, c) for i, c in enumerate(newcomers)]
+    after_resume = [_run(resumed, 7 + i, c) for i, c in enumerate(newcomers)]
+    after_nothing = [_run(fresh, 7 + i, c) for i, c in enumerate(newcomers)]
+
+    assert after_resume == after_live
+    # the weak newcomer is stopped only by a pruner that remembers the earlier trials
+    assert after_live[0] is not None
+    assert after_nothing[0] is None
+
+
 def test_pruner_unknown_name_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match=r"pruner 'bohb' is not available"):
         EpochPruner("bohb", max_epochs=10)

@@ -269,3 +269,18 @@ def test_broker_killed_mid_search_resumes_the_local_job_from_its_trials(
     lines = journal_path.read_text().splitlines()
     numbers = [json.loads(line).get("trial_number") for line in lines[1:]]
     assert numbers == [1, 2, 3]  # trial 1 was not trained again
+
+
+def test_journal_keeps_each_trial_curve_for_the_resumed_pruner(tmp_path: Path) -> None:
+    folder = tmp_path / "local"
+    first = _interrupted_after_two(folder)
+
+    resume = read_journal(folder, "key-1")
+
+    assert resume is not None
+    assert [t.curve for t in resume.trials] == [t.curve for t in first.trials]
+    for trial in first.trials:
+        # one score per epoch the pruner was asked about, each the best so far
+        assert 1 <= len(trial.curve) <= trial.epochs_run
+        assert trial.curve == sorted(trial.curve)
+        assert trial.curve[-1] <= trial.score + 1e-12

@@ -3,9 +3,10 @@
 Layout of `run_dir/local/`:
 
 - trials.jsonl: a header line (``{"kind": "search", "idempotency_key": ...}``) then one
-  line per completed trial (its configuration, network, validation score, epochs,
-  seconds, stop reason, and the seconds the search had spent when it ended), each
-  flushed and fsynced before the search goes on;
+  line per completed trial (its configuration, network, validation score, epochs, its
+  best validation score after each epoch, seconds, stop reason, and the seconds the
+  search had spent when it ended), each flushed and fsynced before the search goes on;
+  a resumed search gives the curves back to its pruner;
 - best-<trial>/: the best trial so far in the export format of
   :mod:`broker.local.export`, written to a temporary folder and renamed, so a kill never
   leaves a half-written model. A trial line that names its checkpoint is written only
@@ -17,8 +18,6 @@ when the same attempt (the same idempotency key) is submitted again.
 # TODO(local-resume-time): the seconds spent are those at the last completed trial;
 # the trial that was running when the process died, and the time until the restart,
 # are not counted against the runtime budget (no heartbeat is written between trials).
-# TODO(local-resume-pruner): a resumed search's pruner starts empty; the completed
-# trials' epoch curves are not kept, so pruning decisions restart from nothing.
 """
 
 from __future__ import annotations
@@ -114,6 +113,7 @@ class TrialJournal:
                 "stop_reason": outcome.stop_reason,
                 "training_time_s": outcome.training_time_s,
                 "predict_time_per_row_s": outcome.predict_time_per_row_s,
+                "curve": [None if math.isnan(v) else v for v in outcome.curve],
                 "spent_s": self.spent_before_s + elapsed_s,
                 "checkpoint": checkpoint,
             }
@@ -208,6 +208,7 @@ def _outcome(line: dict[str, Any]) -> TrialOutcome:
         stop_reason=str(line["stop_reason"]),
         training_time_s=float(line["training_time_s"]),
         predict_time_per_row_s=float(line["predict_time_per_row_s"]),
+        curve=[math.nan if v is None else float(v) for v in line.get("curve") or []],
     )
 
 

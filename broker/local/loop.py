@@ -78,6 +78,7 @@ class SearchLoop:
         self.best: TrialOutcome | None = None
         self.started = 0
         self._since_improvement = 0
+        self._curves: dict[int, list[float]] = {}
 
     def replay(self, outcomes: list[TrialOutcome]) -> None:
         """Take back the trials an interrupted run of this search completed.
@@ -98,6 +99,14 @@ class SearchLoop:
                 if mark is not None:
                     mark(outcome.config)
             self.started = max(self.started + 1, outcome.trial_number)
+            if self.pruner is not None:
+                # the pruner judges new trials against the completed ones' curves
+                self.pruner.replay(
+                    outcome.trial_number,
+                    [self.reward(score) for score in outcome.curve],
+                    self.reward(outcome.score),
+                    pruned=outcome.stop_reason == "pruned",
+                )
             self.strategy.tell(outcome.config, self.reward(outcome.score))
             self.trials.append(outcome)
             if self.best is None or self.metric.better(outcome.score, self.best.score):
@@ -142,6 +151,7 @@ class SearchLoop:
 
     def epoch_hook(self, number: int) -> Callable[[int, float], bool]:
         def prune(epoch: int, best_score: float) -> bool:
+            self._curves.setdefault(number, []).append(float(best_score))
             if self.pruner is None:
                 return False
             return self.pruner.report(number, epoch + 1, self.reward(best_score))
@@ -154,6 +164,7 @@ class SearchLoop:
     def record(self, outcome: TrialOutcome) -> None:
         """Keep a trial that trained at least one epoch; drop one that did not."""
         reward = self.reward(outcome.score)
+        outcome.curve = self._curves.pop(outcome.trial_number, outcome.curve)
         if self.pruner is not None:
             pruned = outcome.stop_reason == "pruned"
             self.pruner.finish(outcome.trial_number, reward, pruned=pruned)

@@ -95,6 +95,21 @@ class EpochPruner:
         trial.report(reward, epochs_done)
         return bool(trial.should_prune())
 
+    def replay(
+        self, number: int, rewards: list[float], reward: float, *, pruned: bool
+    ) -> None:
+        """Take back a trial an interrupted search completed: its reward after each
+        epoch, asked about as it was then (rungs are recorded when a trial is judged),
+        and its end."""
+        self.start(number)
+        trial = self._trials[number]
+        for epochs_done, value in enumerate(rewards, start=1):
+            if math.isnan(value):
+                continue
+            trial.report(value, epochs_done)
+            trial.should_prune()
+        self.finish(number, reward, pruned=pruned)
+
     def finish(self, number: int, reward: float, *, pruned: bool) -> None:
         """Close the record: a finished trial's reward, or that it was pruned."""
         from optuna.trial import TrialState

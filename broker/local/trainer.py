@@ -63,6 +63,8 @@ class TrialOutcome:
     training_time_s: float
     predict_time_per_row_s: float
     state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    # best validation score after each epoch, as the pruner saw it (filled by the loop)
+    curve: list[float] = field(default_factory=list)
 
 
 def select_device(threads: int | None = None) -> torch.device:
