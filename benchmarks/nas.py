@@ -257,6 +257,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         "",
         f"Machine: {payload['machine']}. Command: `{payload['command']}`.",
         "",
+        *([payload["note"], ""] if payload.get("note") else []),
         "Validation = best validation ROC AUC of the search (its own split of the 80% "
         "training rows); held-out = ROC AUC of the best model on the 20% held out. "
         "Reference = best validation AUC of unpruned random search with the same "
@@ -376,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digits-trials", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
+        "--note", default="", help="a line on the run's conditions for the report"
+    )
+    parser.add_argument(
         "--replot",
         action="store_true",
         help="only redraw nas.md and nas.png from an existing nas.json",
@@ -384,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.replot:
         payload = json.loads((args.out / "nas.json").read_text())
         summarise(payload["runs"])
+        if args.note:
+            payload["note"] = args.note
+            (args.out / "nas.json").write_text(json.dumps(payload, indent=1))
         write_markdown(payload, args.out / "nas.md")
         plot(payload, args.out / "nas.png")
         return 0
@@ -453,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "digits": digits,
         "total_s": round(time.monotonic() - started, 1),
+        "note": args.note,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "nas.json").write_text(json.dumps(payload, indent=1))
