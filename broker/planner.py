@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,6 +49,7 @@ from broker.errors import (
     RegionNotOfferedError,
 )
 from broker.spec import PROVIDER_NAMES
+from cost_models.billing import charge
 from cost_models.catalog import PRICES_ENV, Catalog, PriceRow, load_catalog
 from cost_models.estimate import (
     Quote,
@@ -59,7 +61,7 @@ from cost_models.estimate import (
 from cost_models.limits import MIN_USEFUL_RUNTIME_S, affordable_runtime_s
 
 if TYPE_CHECKING:
-    from broker.providers.base import Availability, Placement
+    from broker.providers.base import Availability, Placement, RunShape
     from broker.schema import Schema
     from broker.spec import JobSpec
     from broker.store import JobStore
@@ -281,6 +283,7 @@ def make_plan(
     unsupported: Mapping[str, Mapping[str, str]] | None = None,
     month_budget_left_usd: Decimal | None = None,
     placements: Mapping[str, Placement | None] | None = None,
+    shapes: Mapping[str, RunShape] | None = None,
 ) -> Plan:
     """Quote every provider x machine x region and order the feasible ones by cost.
 
@@ -302,6 +305,9 @@ def make_plan(
         placements: per provider, the regions and machine types it is set up to use;
             rows elsewhere are rejected as ``not_configured`` so the quote is for what
             will really run. Only applied to available providers.
+        shapes: per provider, how its jobs use machines (nodes at once, shortest
+            billed run); providers left out are read from their classes, and a
+            configured provider's placement wins over both.
 
     Returns:
         The plan, candidates cheapest first.
@@ -326,7 +332,7 @@ def make_plan(
         unsupported,
         month_budget_left_usd,
     )
-    context = replace(context, placements=placements)
+    context = replace(context, placements=placements, shapes=shapes)
     _check_forced(catalog, context)
 
     feasible: list[Quote] = []
@@ -436,6 +442,7 @@ class _Context:
     unsupported: Mapping[str, Mapping[str, str]] | None
     month_left_usd: Decimal | None = None
     placements: Mapping[str, Placement | None] | None = None
+    shapes: Mapping[str, RunShape] | None = None
 
     @classmethod
     def build(
@@ -483,6 +490,16 @@ class _Context:
             found = discover(provider)
             self.availability[provider] = found
         return found
+
+    def shape_of(self, provider: str) -> RunShape:
+        """How the provider's jobs use machines: its configured placement's shape,
+        else what its class declares."""
+        placement = (self.placements or {}).get(provider)
+        if placement is not None and placement.shape is not None:
+            return placement.shape
+        if self.shapes is not None and provider in self.shapes:
+            return self.shapes[provider]
+        return _declared_shape(provider)
 
     def limits_of(self, provider: str) -> Mapping[str, str]:
         if self.unsupported is not None:
@@ -556,6 +573,7 @@ def _judge(
     usd_per_hour = hourly_price(row, context.local_rate)
     if usd_per_hour is None:
         return _rejection(row, "price_missing", _missing_detail(row))
+    shape = context.shape_of(row.provider)
     serving, serving_usd_per_hour = _serving_row(
         row, catalog, context, serving_cache
     ) or (None, None)
@@ -563,6 +581,8 @@ def _judge(
         row,
         usd_per_hour=usd_per_hour,
         serving_usd_per_hour=serving_usd_per_hour,
+        nodes=shape.nodes,
+        min_billed_s=shape.min_runtime_s,
         runtime_s=context.runtime_s,
         memory_needed_gib=context.memory_needed_gib,
         serving=serving,
@@ -603,15 +623,19 @@ def _judge(
             estimate,
         )
     if context.max_usd is not None and estimate.training_usd_high > context.max_usd:
-        estimate = _trimmed(row, estimate, usd_per_hour, context)
+        estimate = _trimmed(row, estimate, context)
         if not estimate.trimmed:
+            pays_for = f"{min(MIN_USEFUL_RUNTIME_S, context.runtime_s)} s"
+            if estimate.min_billed_s > min(MIN_USEFUL_RUNTIME_S, context.runtime_s):
+                pays_for = (
+                    f"the {estimate.min_billed_s} s that {row.provider} bills at least"
+                )
             return _rejection(
                 row,
                 "over_budget",
                 f"training estimate {_usd(estimate.training_usd_high)} "
                 f"({estimate.billing_unit}) exceeds budget.max_usd "
-                f"{_usd(context.max_usd)}, which pays for less than "
-                f"{min(MIN_USEFUL_RUNTIME_S, context.runtime_s)} s",
+                f"{_usd(context.max_usd)}, which pays for less than {pays_for}",
                 estimate,
             )
     left = context.month_left_usd
@@ -627,23 +651,30 @@ def _judge(
     return estimate
 
 
-def _trimmed(
-    row: PriceRow, estimate: Quote, usd_per_hour: Decimal, context: _Context
-) -> Quote:
+def _trimmed(row: PriceRow, estimate: Quote, context: _Context) -> Quote:
     """The quote for the runtime that budget.max_usd pays for, when that is at least
-    a useful minimum; else `estimate` unchanged (the caller rejects it)."""
+    a useful minimum and the provider's shortest billed run fits the cap too; else
+    `estimate` unchanged (the caller rejects it)."""
     assert context.max_usd is not None, "only a dollar cap trims a runtime"
-    runtime = affordable_runtime_s(usd_per_hour, training_rule(row), context.max_usd)
+    rate = estimate.training_usd_per_hour
+    assert rate is not None, "a feasible quote has a rate"
+    rule = training_rule(row)
+    runtime = affordable_runtime_s(rate, rule, context.max_usd)
     if runtime is None or runtime < min(MIN_USEFUL_RUNTIME_S, context.runtime_s):
+        return estimate
+    if estimate.min_billed_s and charge(rate, estimate.min_billed_s, rule) > (
+        context.max_usd
+    ):
         return estimate
 
     trimmed = replace(estimate, requested_runtime_s=context.runtime_s)
     shorter = quote(
         row,
-        usd_per_hour=usd_per_hour,
+        usd_per_hour=rate,
         runtime_s=runtime,
         memory_needed_gib=context.memory_needed_gib,
         hours_per_month=Decimal(0),
+        min_billed_s=estimate.min_billed_s,
     )
     logger.debug(
         "%s %s in %s: runtime trimmed from %d s to %d s by max_usd %s",
@@ -826,6 +857,20 @@ def _comparison_json(row: dict[str, Any]) -> dict[str, Any]:
     payload["training_usd"] = payload["training_usd_high"]
     payload["chosen"] = row["status"] == "chosen"
     return payload
+
+
+@lru_cache(maxsize=16)
+def _declared_shape(provider: str) -> RunShape:
+    """The provider class's run shape; one machine and no minimum run when its module
+    cannot be imported here."""
+    from broker.providers import provider_class
+    from broker.providers.base import RunShape
+
+    try:
+        return provider_class(provider).run_shape
+    except Exception as exc:  # the same rule as for declared limits
+        logger.debug("no declared run shape for %s: %s", provider, exc)
+        return RunShape()
 
 
 def _declared_limits(provider: str) -> Mapping[str, str]:

@@ -241,6 +241,7 @@ class Broker:
         allowed = spec.constraints.providers or list(PROVIDER_NAMES)
         availability = {}
         placements = {}
+        shapes = {}
         for name in PROVIDER_NAMES:
             if name not in allowed:
                 continue
@@ -248,6 +249,7 @@ class Broker:
                 provider = self.provider(name)
                 availability[name] = provider.availability()
                 placements[name] = provider.placement()
+                shapes[name] = provider.run_shape
             except ImportError as exc:
                 from broker.providers.base import Availability
 
@@ -264,6 +266,9 @@ class Broker:
         kwargs: dict[str, Any] = {
             "availability": availability,
             "placements": placements,
+            # the providers in use say how their jobs use machines; the planner asks
+            # the provider classes only for those that could not be set up
+            "shapes": shapes,
         }
         month = self._month_budget(spec)
         if month is not None:

@@ -70,6 +70,10 @@ class Quote:
     billing_rule: BillingRule | None = None
     # The runtime budget asked for, when max_usd paid for less and runtime_s was trimmed.
     requested_runtime_s: int | None = None
+    # Machines billed at once (training_usd_per_hour covers all of them) and the
+    # shortest run the provider bills, whatever the runtime.
+    nodes: int = 1
+    min_billed_s: int = 0
 
     @property
     def trimmed(self) -> bool:
@@ -118,6 +122,8 @@ class Quote:
             "serving_usd_per_hour": _text(self.serving_usd_per_hour),
             "runtime_s": self.runtime_s,
             "requested_runtime_s": self.requested_runtime_s,
+            "nodes": self.nodes,
+            "min_billed_s": self.min_billed_s,
             "billing_increment_s": (
                 None
                 if self.billing_rule is None
@@ -155,6 +161,8 @@ def quote(
     local_usd_per_hour: Decimal = Decimal(0),
     usd_per_hour: Decimal | None = None,
     serving_usd_per_hour: Decimal | None = None,
+    nodes: int = 1,
+    min_billed_s: int = 0,
 ) -> Quote:
     """The quote for training on `training` and serving on `serving`.
 
@@ -170,6 +178,10 @@ def quote(
             from :func:`hourly_price`.
         serving_usd_per_hour: likewise for `serving`, which planning shares between
             every machine of a provider's region.
+        nodes: machines of the training row's type the job runs at once; the quote's
+            hourly rate is `nodes` times the row's price.
+        min_billed_s: the shortest run the provider bills (Azure AutoML runs at least
+            15 minutes), applied to both ends of the training range.
 
     Raises:
         ValueError: `training` has no usable price; check with :func:`hourly_price`.
@@ -182,8 +194,10 @@ def quote(
             "has no usable price"
         )
 
+    if nodes > 1:
+        usd_per_hour = usd_per_hour * nodes
     rule = _rule_of(training)
-    low, high = _training_range(usd_per_hour, runtime_s, rule)
+    low, high = _training_range(usd_per_hour, runtime_s, rule, min_billed_s)
     serving_per_hour = serving_usd_per_hour
     if serving is not None and serving_per_hour is None:
         serving_per_hour = hourly_price(serving, local_usd_per_hour)
@@ -206,7 +220,8 @@ def quote(
         memory_offered_gib=training.memory_gib,
         billing_unit=_unit_text(
             training.component, training.currency, rule, training.is_local
-        ),
+        )
+        + _shape_text(nodes, min_billed_s),
         price_source=_source_text(training),
         retrieved=training.retrieved,
         user_supplied=training.user_supplied
@@ -217,6 +232,8 @@ def quote(
         serving_usd_per_hour=serving_per_hour,
         runtime_s=runtime_s,
         billing_rule=rule,
+        nodes=nodes,
+        min_billed_s=min_billed_s,
     )
 
 
@@ -260,10 +277,18 @@ def _monthly(
 
 @lru_cache(maxsize=4096)
 def _training_range(
-    usd_per_hour: Decimal, runtime_s: int, rule: BillingRule
+    usd_per_hour: Decimal, runtime_s: int, rule: BillingRule, min_billed_s: int = 0
 ) -> tuple[Decimal, Decimal]:
-    low = charge(usd_per_hour, Decimal(runtime_s) * EARLY_STOP_FRACTION, rule)
-    return low, charge(usd_per_hour, runtime_s, rule)
+    early = max(Decimal(runtime_s) * EARLY_STOP_FRACTION, Decimal(min_billed_s))
+    low = charge(usd_per_hour, early, rule)
+    return low, charge(usd_per_hour, max(runtime_s, min_billed_s), rule)
+
+
+def _shape_text(nodes: int, min_billed_s: int) -> str:
+    text = f", {nodes} machines at once" if nodes > 1 else ""
+    if min_billed_s:
+        text += f", a run lasts at least {Decimal(min_billed_s) / 60:f} min"
+    return text
 
 
 def _rule_of(row: PriceRow) -> BillingRule:

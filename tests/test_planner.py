@@ -21,7 +21,7 @@ from broker.errors import (
     RegionNotOfferedError,
 )
 from broker.planner import Plan, make_plan
-from broker.providers.base import Availability
+from broker.providers.base import Availability, Placement, RunShape
 from broker.schema import Column, ColumnKind, Schema
 from broker.spec import JobSpec, Task
 from cost_models.catalog import Catalog, PriceRow, load_catalog, read_overrides
@@ -57,7 +57,7 @@ def plan_for(
         catalog=catalog,
         availability=available(*up),
         unsupported={},
-        **kw,
+        **{"shapes": dict.fromkeys(ALL, RunShape()), **kw},
     )
 
 
@@ -613,3 +613,45 @@ def test_plan_comparison_row_shows_why_the_allowed_row_was_refused() -> None:
     assert vertex["status"] == "unavailable"
     assert vertex["region"] == "us-central1"
     assert "no credentials" in vertex["detail"]
+
+
+def test_plan_azure_quote_counts_its_nodes_and_its_15_minute_run() -> None:
+    catalog = Catalog.from_rows([row("azure", "vm", "r1", "0.293"), LOCAL])
+    job = spec(budget={"max_runtime_s": 60})
+
+    declared = make_plan(
+        job, schema(), catalog=catalog, availability=available(*ALL), unsupported={}
+    )
+    configured = make_plan(
+        job,
+        schema(),
+        catalog=catalog,
+        availability=available(*ALL),
+        unsupported={},
+        placements={"azure": Placement(shape=RunShape(nodes=2, min_runtime_s=900))},
+    )
+
+    [azure] = [c for c in declared.candidates if c.provider == "azure"]
+    # 4 nodes x $0.293/h for the 15 minutes AutoML runs at least, not 1 node for 60 s
+    assert azure.quote.training_usd_per_hour == Decimal("1.172")
+    assert azure.quote.training_usd_high == Decimal("0.293")
+    assert azure.quote.training_usd_low == Decimal("0.293")
+    assert azure.runtime_s == 60  # the job's own limit is unchanged
+    assert "4 machines at once, a run lasts at least 15 min" in azure.quote.billing_unit
+    [azure2] = [c for c in configured.candidates if c.provider == "azure"]
+    assert azure2.quote.training_usd_high == Decimal("0.1465")
+
+
+def test_plan_azure_rejected_when_the_cap_cannot_pay_its_shortest_run() -> None:
+    catalog = Catalog.from_rows([row("azure", "vm", "r1", "0.293"), LOCAL])
+    job = spec(budget={"max_runtime_s": 3600, "max_usd": Decimal("0.20")})
+
+    plan = make_plan(
+        job, schema(), catalog=catalog, availability=available(*ALL), unsupported={}
+    )
+
+    [azure] = [r for r in plan.rejections if r.provider == "azure"]
+    assert azure.reason == "over_budget"
+    assert azure.detail.endswith(
+        "which pays for less than the 900 s that azure bills at least"
+    )

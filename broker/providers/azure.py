@@ -51,6 +51,7 @@ from broker.providers.base import (
     ProviderJobRef,
     ProviderResult,
     ProviderStatus,
+    RunShape,
 )
 from broker.spec import LeaderboardEntry, Task
 from broker.states import JobState
@@ -347,6 +348,9 @@ class AzureProvider(Provider):
     """
 
     name: ClassVar[str] = "azure"
+    # Up to four nodes (the default max_nodes) run trials at once, for at least the
+    # 15 minutes AutoML asks for however small the budget.
+    run_shape: ClassVar[RunShape] = RunShape(4, MIN_TIMEOUT_MINUTES * 60)
     kind = "cloud"
     unsupported: ClassVar[dict[str, str]] = {}
 
@@ -405,7 +409,10 @@ class AzureProvider(Provider):
     # --- availability ------------------------------------------------------------------
 
     def placement(self) -> Placement | None:
-        return Placement(machines=frozenset({self.vm_size}))
+        return Placement(
+            machines=frozenset({self.vm_size}),
+            shape=RunShape(self.max_nodes, MIN_TIMEOUT_MINUTES * 60),
+        )
 
     def availability(self) -> Availability:
         import importlib.util

@@ -40,11 +40,22 @@ class Availability:
 
 
 @dataclass(frozen=True)
+class RunShape:
+    """How a provider's AutoML job uses machines, for pricing: `nodes` machines of the
+    chosen type at once, for at least `min_runtime_s` whatever the budget allows."""
+
+    nodes: int = 1
+    min_runtime_s: int = 0
+
+
+@dataclass(frozen=True)
 class Placement:
-    """The regions and machine types a configured provider will use; None: any."""
+    """The regions and machine types a configured provider will use (None: any), and
+    the shape of its jobs when its settings change the class default."""
 
     regions: frozenset[str] | None = None
     machines: frozenset[str] | None = None
+    shape: RunShape | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,8 @@ class Provider(abc.ABC):
     name: ClassVar[str]
     kind: ClassVar[Literal["cloud", "local"]] = "cloud"
     unsupported: ClassVar[dict[str, str]] = {}
+    # How a job of this provider uses machines, for the planner's quotes.
+    run_shape: ClassVar[RunShape] = RunShape()
     # Seconds from a cancel call until the provider stops billing; the budget watch
     # cancels this early so that the final cost stays within the cap.
     cancel_latency_s: float = 60.0
