@@ -206,8 +206,8 @@ def _plan_section(plan: dict[str, Any]) -> list[str]:
     for row in rows:
         lines.append(
             f"| {row.get('provider')} | {row.get('machine') or '-'} | "
-            f"{row.get('region') or '-'} | {_fmt_usd(row.get('training_usd'), 2)} | "
-            f"{_fmt_usd(row.get('serving_usd_per_month'), 2)} | {row.get('status')} |"
+            f"{row.get('region') or '-'} | {_range_text(_quote_range(row))} | "
+            f"{_fmt_usd(row.get('serving_usd_per_month'))} | {row.get('status')} |"
         )
     lines.append("")
     return lines
@@ -350,8 +350,39 @@ def render_run(folder: str | Path, fmt: Format = "md") -> str:
         from broker.spec import JobResult
 
         payload = _read_json_strict(folder / "result.json")
+        if payload.get("state") == "failed" and "error" in payload:
+            return failure_markdown(payload)
         return markdown_report(folder, JobResult.model_validate(payload))
     raise ValueError(f"unknown report format {fmt!r}; choose from {list(FORMATS)}")
+
+
+def failure_markdown(payload: dict[str, Any]) -> str:
+    """The report of a failed job: its error, failovers and what each attempt cost."""
+    error = payload.get("error") or {}
+    lines = [
+        f"# Job {payload.get('job_id', '?')}: failed",
+        "",
+        f"{error.get('type', 'Error')}: {error.get('message', '')}",
+        "",
+        "| attempt | provider | machine | region | state | cost USD |",
+        "|---|---|---|---|---|---|",
+    ]
+    for number, attempt in enumerate(payload.get("attempts") or [], start=1):
+        cost = _dec(attempt.get("cost_usd"))
+        lines.append(
+            f"| {number} | {attempt.get('provider')} | {attempt.get('machine') or '-'} "
+            f"| {attempt.get('region') or '-'} | {attempt.get('state')} | "
+            f"{'n/a' if cost is None else _money(cost)} |"
+        )
+    failovers = payload.get("failovers") or []
+    if failovers:
+        lines += ["", "Failovers:", ""]
+        lines += [
+            f"- {f.get('provider')} ({f.get('region') or '-'}): {f.get('reason')}: "
+            f"{f.get('message')}"
+            for f in failovers
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def across_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -737,6 +768,12 @@ def _quote_row(cost: dict[str, Any]) -> dict[str, Any]:
         "training_usd_low": cost.get("quoted_training_usd_low"),
         "training_usd_high": cost.get("quoted_training_usd_high"),
     }
+
+
+def _quote_range(row: dict[str, Any]) -> dict[str, Any]:
+    """A plan comparison row's training range (older plans hold one figure)."""
+    high = row.get("training_usd_high", row.get("training_usd"))
+    return {"training_usd_low": row.get("training_usd_low"), "training_usd_high": high}
 
 
 def _range_text(row: dict[str, Any]) -> str:

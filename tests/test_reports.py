@@ -276,3 +276,44 @@ def test_reports_html_chart_is_drawn_in_headless_chromium(tmp_path: Path) -> Non
     assert quote > 1500, quote
     assert actual > 1500, actual
     assert count_colour(shot, reports.RAN_COLOUR, (0, 400, 1200, 1600)) == 0
+
+
+def test_reports_plan_section_shows_each_quote_range_to_the_cent_fraction(
+    tmp_path: Path,
+) -> None:
+    text = (capped_run(tmp_path) / "report.md").read_text()
+
+    # 600 s on sagemaker at $3.60/h: $0.15 (early stop) to $0.60; azure trimmed to 350 s
+    assert "| sagemaker | ml.m5.large | r1 | $0.1500 – $0.6000 |" in text
+    assert "| azure | vm | r1 | $0.1760 – $0.7000 |" in text
+
+
+def test_reports_failed_run_folder_renders_its_error_and_attempts(
+    tmp_path: Path,
+) -> None:
+    from broker.errors import InvalidRequestError
+
+    clock = FakeClock()
+    refused = ScriptedProvider(
+        clock=clock,
+        name="sagemaker",
+        submit_errors=[InvalidRequestError("target column missing", provider="x")],
+    )
+    broker = Broker(
+        store=JobStore(tmp_path / "jobs.db", clock=clock),
+        providers={"sagemaker": refused},
+        clock=clock,
+        catalog=catalog(),
+        backoff_s=1,
+    )
+    job = JobSpec(
+        data=table(), target="label", constraints={"providers": ["sagemaker"]}
+    )
+    with pytest.raises(InvalidRequestError):
+        broker.run(job, run_dir=tmp_path / "run")
+
+    text = render_run(tmp_path / "run", "md")
+
+    assert text.splitlines()[0].endswith(": failed")
+    assert "InvalidRequestError: target column missing" in text
+    assert "| 1 | sagemaker | ml.m5.large | r1 | failed | n/a |" in text
