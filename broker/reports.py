@@ -372,7 +372,7 @@ def failure_markdown(payload: dict[str, Any]) -> str:
         lines.append(
             f"| {number} | {attempt.get('provider')} | {attempt.get('machine') or '-'} "
             f"| {attempt.get('region') or '-'} | {attempt.get('state')} | "
-            f"{'n/a' if cost is None else _money(cost)} |"
+            f"{_fmt_usd(cost)} |"
         )
     failovers = payload.get("failovers") or []
     if failovers:

@@ -317,3 +317,25 @@ def test_reports_failed_run_folder_renders_its_error_and_attempts(
     assert text.splitlines()[0].endswith(": failed")
     assert "InvalidRequestError: target column missing" in text
     assert "| 1 | sagemaker | ml.m5.large | r1 | failed | n/a |" in text
+
+
+def test_reports_failure_markdown_lists_attempt_costs() -> None:
+    text = reports.failure_markdown(
+        {
+            "job_id": "job-1",
+            "state": "failed",
+            "error": {"type": "NoModelTrainedError", "message": "no trial finished"},
+            "attempts": [
+                {
+                    "provider": "local",
+                    "machine": "this-machine",
+                    "region": "local",
+                    "state": "failed",
+                    "cost_usd": "0.003278",
+                },
+            ],
+            "failovers": [],
+        }
+    )
+
+    assert "| 1 | local | this-machine | local | failed | $0.0033 |" in text
