@@ -320,10 +320,41 @@ def print_result(result: JobResult) -> None:
     costs.add_row("serving per month", _usd(cost.estimated_serving_usd_per_month))
     console.print(costs)
     for f in result.failovers:
-        console.print(f"[yellow]failover:[/] {f.provider}: {f.reason} ({f.error_type})")
-    console.print(
-        f"Ran on [bold]{result.provider}[/] in {result.runtime_s:.0f} s. "
-        f"Run folder: {result.run_dir}"
+        console.print(
+            f"[yellow]failover:[/] {f.provider} ({f.machine or '-'}, {f.region or '-'}): "
+            f"{f.reason} ({f.error_type})"
+        )
+    message, _ = outcome_line(result)
+    console.print(message)
+
+
+# Exit codes of `run`: 0 succeeded, 2 an error, 3 the job ended without finishing
+# (cancelled, stopped by the provider, or detached and left for `resume`).
+EXIT_UNFINISHED = 3
+
+
+def outcome_line(result: JobResult) -> tuple[str, int]:
+    """The run's last line and the command's exit code, by the job's final state."""
+    where = f"[bold]{result.provider}[/]"
+    runtime = f"{result.runtime_s:.0f} s" if result.runtime_s is not None else "?"
+    folder = f"Run folder: {result.run_dir}"
+    if result.state == "succeeded":
+        return f"Ran on {where} in {runtime}. {folder}", 0
+    if result.state == "cancelled":
+        return (
+            f"[yellow]Cancelled[/] on {where} after {runtime}; what it had trained by "
+            f"then is scored above. {folder}",
+            EXIT_UNFINISHED,
+        )
+    if result.state == "detached":
+        return (
+            f"[yellow]Detached[/] from {where}: the job may still run there; "
+            f"`automl-broker resume` reattaches to it. {folder}",
+            EXIT_UNFINISHED,
+        )
+    return (
+        f"[yellow]Ended as {result.state}[/] on {where} after {runtime}. {folder}",
+        EXIT_UNFINISHED,
     )
 
 
@@ -553,6 +584,9 @@ def run(
         raise typer.Exit(code=130) from None
     progress.stop()
     print_result(result)
+    _, code = outcome_line(result)
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command()

@@ -192,3 +192,36 @@ def test_cli_run_selects_the_local_search_strategy(
     assert stored["provider"] == "local" and stored["state"] == "succeeded"
     units = stored["cost"]["provider_units"]
     assert (units["strategy"], units["pruner"]) == ("tpe", "asha")
+
+
+@pytest.mark.parametrize(
+    ("state", "start", "code"),
+    [
+        ("succeeded", "Ran on [bold]local[/] in 42 s.", 0),
+        ("cancelled", "[yellow]Cancelled[/] on [bold]local[/] after 42 s;", 3),
+        ("stopped", "[yellow]Ended as stopped[/] on [bold]local[/] after 42 s.", 3),
+        ("detached", "[yellow]Detached[/] from [bold]local[/]:", 3),
+    ],
+)
+def test_cli_run_outcome_line_and_exit_code_follow_the_final_state(
+    state: str, start: str, code: int
+) -> None:
+    from broker.cli import outcome_line
+    from broker.spec import JobResult
+
+    result = JobResult(
+        job_id="job-1",
+        state=state,
+        provider="local",
+        task="binary",
+        metric="roc_auc",
+        metric_direction="maximize",
+        run_dir="runs/x",
+        runtime_s=42.4,
+    )
+
+    line, exit_code = outcome_line(result)
+
+    assert line.startswith(start)
+    assert line.endswith("Run folder: runs/x")
+    assert exit_code == code
