@@ -1672,12 +1672,26 @@ def _candidate(prepared: Prepared, number: int) -> Candidate | None:
 
 
 def _stored_quote(quote: dict[str, Any]) -> SimpleNamespace:
-    """A quote read back from the store, with the rate the budget watch reads."""
-    rate = quote.get("training_usd_per_hour")
-    fields = {k: v for k, v in quote.items() if k != "usd_per_hour"}
-    return SimpleNamespace(
-        **fields, usd_per_hour=None if rate is None else Decimal(str(rate))
+    """A quote read back from the store, with the rate the budget watch reads and the
+    billing rule that prices a machine billing nothing itself."""
+    from cost_models.billing import BillingRule
+
+    def decimal(name: str) -> Decimal | None:
+        value = quote.get(name)
+        return None if value is None else Decimal(str(value))
+
+    rate = decimal("training_usd_per_hour")
+    increment, minimum = decimal("billing_increment_s"), decimal("minimum_charge_s")
+    rule = (
+        None
+        if increment is None or minimum is None
+        else BillingRule(increment, minimum)
     )
+    fields = {
+        k: v for k, v in quote.items() if k not in ("usd_per_hour", "billing_rule")
+    }
+    fields["training_usd_per_hour"] = rate
+    return SimpleNamespace(**fields, usd_per_hour=rate, billing_rule=rule)
 
 
 def _stored_outcome(record: JobRecord) -> JobResult:

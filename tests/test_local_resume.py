@@ -8,6 +8,7 @@ job once a trial is written, then resumes the job in this process.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -178,7 +179,7 @@ DRIVER = textwrap.dedent(
         catalog=Catalog.from_rows(
             [PriceRow("local", "this-machine", "local", price=None, memory_gib=64)]
         ),
-        local_rate_usd_per_hour=Decimal("0"),
+        local_rate_usd_per_hour=Decimal("3.6"),
         poll_interval_s=0.2,
     )
     spec = JobSpec(
@@ -255,8 +256,16 @@ def test_broker_killed_mid_search_resumes_the_local_job_from_its_trials(
     result = broker.resume(job.job_id)
 
     assert result.state == "succeeded"
-    assert len(broker.store.attempts(job.job_id)) == 1
+    [attempt] = broker.store.attempts(job.job_id)
     assert "resumed after 1 completed trials" in result.holdout_notes
+    # priced at the rate quoted when the job was planned ($3.60/h = $0.001 a started
+    # second) for the whole search, before and after the kill, though this broker
+    # planned nothing itself
+    actual = result.cost.actual_usd
+    assert actual is not None and result.runtime_s is not None
+    assert actual % Decimal("0.001") == 0
+    assert actual >= Decimal("0.001") * math.ceil(result.runtime_s)
+    assert attempt.cost_usd == actual
     assert result.holdout_metrics["accuracy"] is not None
     assert 0.0 <= result.holdout_metrics["accuracy"] <= 1.0
     by_id = {e.model_id: e for e in result.leaderboard if e.algorithm == "mlp"}
