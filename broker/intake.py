@@ -77,6 +77,9 @@ _ISO_DATE = re.compile(
     r"^\d{4}[-/]\d{1,2}[-/]\d{1,2}"
     r"(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
 )
+# A number with comma thousands separators: "1,234,567" or "1,234.5" (groups of three
+# digits); a decimal comma such as "1,5" does not match.
+_GROUPED_NUMBER = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})*(?:\.\d+)?$")
 _TRANSLITERATE = str.maketrans(
     {"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "OE",
      "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th", "Þ": "Th"}
@@ -429,6 +432,11 @@ def build_schema(
         TargetMissingError: Every label is missing.
         TargetSingleClassError: The labels hold one class.
         NoUsableFeaturesError: Every feature column was dropped.
+
+    Warns:
+        DataWarning: Rows were dropped for a missing or infinite label; infinite
+            feature values were set to missing; text columns of numbers with thousands
+            separators ("1,234,567") were read as numbers.
     """
     columns = [str(c) for c in frame.columns]
     target = target.strip()
@@ -443,6 +451,11 @@ def build_schema(
     frame, dropped_rows = _drop_missing_target(frame, target)
     labels, resolved, classes = _resolve_task(frame[target], target, task)
     frame[target] = labels
+    features = [name for name in columns if name != target and name not in ignored]
+    # TODO(grouped-targets): a target written "1,234" stays text; only features are
+    # read as numbers with thousands separators.
+    _read_grouped_numbers(frame, features)
+    _infinite_as_missing(frame, features)
 
     safe = dict(zip(columns, make_safe_names(columns), strict=True))
     typed: list[Column] = []
@@ -473,6 +486,73 @@ def build_schema(
         if column.dropped_reason:
             logger.debug("column %r dropped: %s", column.name, column.dropped_reason)
     return frame, schema
+
+
+def _read_grouped_numbers(frame: pd.DataFrame, names: Sequence[str]) -> None:
+    """Turn text columns of numbers written with thousands separators ("1,234,567",
+    "1,234.5") into numbers, in place, with one DataWarning naming them."""
+    converted: list[str] = []
+    for name in names:
+        values = frame[name]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        present = values.dropna()
+        if len(present) == 0:
+            continue
+        if not _all_grouped_numbers(present.iloc[:_TYPE_SAMPLE]):
+            continue
+        if not _all_grouped_numbers(present):
+            continue
+        if not any("," in v for v in present):
+            continue  # plain numbers as text: typing reads those already
+        frame[name] = pd.to_numeric(
+            values.map(
+                lambda v: v.strip().replace(",", "") if isinstance(v, str) else v
+            )
+        ).astype(np.float64)
+        converted.append(name)
+
+    if converted:
+        warnings.warn(
+            f"read column(s) {', '.join(repr(n) for n in converted)} as numbers "
+            f"written with thousands separators (such as '1,234,567'); the commas "
+            f"were removed",
+            DataWarning,
+            stacklevel=4,
+        )
+
+
+def _all_grouped_numbers(values: pd.Series) -> bool:
+    return all(
+        isinstance(v, str) and _GROUPED_NUMBER.match(v.strip()) is not None
+        for v in values
+    )
+
+
+def _infinite_as_missing(frame: pd.DataFrame, names: Sequence[str]) -> None:
+    """Set infinite values (inf, -inf, or numbers beyond float range such as 9e308
+    read as inf) of numeric columns to missing, in place, with one DataWarning."""
+    counts: dict[str, int] = {}
+    for name in names:
+        values = frame[name]
+        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_integer_dtype(values):
+            continue
+        numbers = _as_numbers(values.dropna())
+        if numbers is None:
+            continue
+        infinite = numbers.index[np.isinf(numbers.to_numpy(dtype=np.float64))]
+        if len(infinite):
+            frame.loc[infinite, name] = np.nan
+            counts[name] = len(infinite)
+
+    if counts:
+        listed = ", ".join(f"{name!r} ({n} value(s))" for name, n in counts.items())
+        warnings.warn(
+            f"infinite numbers (inf or -inf) in column(s) {listed} were treated as "
+            f"missing values; {sum(counts.values())} value(s) in all",
+            DataWarning,
+            stacklevel=4,
+        )
 
 
 def load_holdout(spec: JobSpec, schema: Schema) -> Dataset | None:
@@ -1026,8 +1106,9 @@ def to_safe_frame(
 ) -> pd.DataFrame:
     """The feature columns (and target) under their safe names, typed for backends.
 
-    Numeric features become float64 (text that is not a number becomes NaN, with a
-    DataWarning), categorical features text with NaN kept, datetime features
+    Numeric features become float64 (text that is not a number and infinite values
+    become NaN, with a DataWarning; "1,234.5" with thousands separators is read as
+    1234.5), categorical features text with NaN kept, datetime features
     datetime64. Columns may be addressed by their original or their safe names.
 
     Args:
@@ -1076,9 +1157,9 @@ def _typed_values(values: pd.Series, column: Column, schema: Schema) -> pd.Serie
 
 def _numeric_values(values: pd.Series, name: str) -> pd.Series:
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return values.astype(np.float64)
+        return _finite(values.astype(np.float64), name)
 
-    text = values.astype(object).map(lambda v: v.strip() if isinstance(v, str) else v)
+    text = values.astype(object).map(_ungrouped)
     numbers = pd.to_numeric(text, errors="coerce").astype(np.float64)
     bad = numbers.isna() & values.notna()
     if bad.any():
@@ -1089,4 +1170,27 @@ def _numeric_values(values: pd.Series, name: str) -> pd.Series:
             DataWarning,
             stacklevel=4,
         )
-    return numbers
+    return _finite(numbers, name)
+
+
+def _finite(numbers: pd.Series, name: str) -> pd.Series:
+    infinite = np.isinf(numbers.to_numpy())
+    if not infinite.any():
+        return numbers
+
+    warnings.warn(
+        f"column {name!r}: {int(infinite.sum())} infinite value(s) (inf or -inf) "
+        f"were treated as missing",
+        DataWarning,
+        stacklevel=5,
+    )
+    return numbers.where(~infinite, np.nan)
+
+
+def _ungrouped(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    if "," in value and _GROUPED_NUMBER.match(value):
+        return value.replace(",", "")
+    return value

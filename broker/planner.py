@@ -50,7 +50,13 @@ from broker.errors import (
 )
 from broker.spec import PROVIDER_NAMES
 from cost_models.billing import charge
-from cost_models.catalog import PRICES_ENV, Catalog, PriceRow, load_catalog
+from cost_models.catalog import (
+    MAX_USD_PER_HOUR,
+    PRICES_ENV,
+    Catalog,
+    PriceRow,
+    load_catalog,
+)
 from cost_models.estimate import (
     Quote,
     estimate_memory_gib,
@@ -757,7 +763,9 @@ def _serving_row(
 
 
 def _ranked(quotes: list[Quote], prefer: list[str] | None = None) -> list[Candidate]:
-    rank_of = {name: i for i, name in enumerate(prefer or [])}
+    rank_of: dict[str, int] = {}
+    for name in prefer or []:
+        rank_of.setdefault(name, len(rank_of))  # a repeated name keeps its first place
     unranked = len(rank_of)
     keyed = []
     for index, q in enumerate(quotes):
@@ -886,12 +894,23 @@ def _declared_limits(provider: str) -> Mapping[str, str]:
 
 
 def _local_rate(value: Decimal | None) -> Decimal:
+    """The local machine's dollars per hour: `value` (the ``local_rate_usd_per_hour``
+    argument or config setting), else ``AUTOML_BROKER_LOCAL_RATE``, else the default.
+    """
     if value is not None:
-        rate = Decimal(value)
+        where = "local_rate_usd_per_hour (argument or config setting)"
+        shown = str(value)
+        try:
+            rate = Decimal(str(value) if isinstance(value, float) else value)
+        except (InvalidOperation, TypeError, ValueError):
+            raise ConfigurationError(
+                f"{where} {value!r} is not a price; write dollars per hour such as 0.05"
+            ) from None
     else:
         text = os.environ.get(LOCAL_RATE_ENV, "").strip()
         if not text:
             return DEFAULT_LOCAL_USD_PER_HOUR
+        where, shown = LOCAL_RATE_ENV, repr(text)
         try:
             rate = Decimal(text)
         except InvalidOperation:
@@ -899,9 +918,12 @@ def _local_rate(value: Decimal | None) -> Decimal:
                 f"{LOCAL_RATE_ENV}={text!r} is not a price; write dollars per hour "
                 "such as 0.05"
             ) from None
-    if not rate.is_finite() or rate < 0:
+
+    if not rate.is_finite() or rate < 0 or rate > MAX_USD_PER_HOUR:
         raise ConfigurationError(
-            f"local rate {rate} must be zero or more dollars per hour"
+            f"{where} is {shown}, but the local rate "
+            f"must be a finite number of dollars per hour from 0 to "
+            f"{MAX_USD_PER_HOUR:,}; write dollars per hour such as 0.05"
         )
     return rate
 

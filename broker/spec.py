@@ -70,7 +70,9 @@ class Constraints(BaseModel):
             )
         if not names:
             raise ValueError("providers is empty; leave it out to allow every provider")
-        return names
+        # A repeated name keeps its first place: "local,local" means local first, not
+        # local after every provider left out of the list.
+        return list(dict.fromkeys(names))
 
 
 class Deployment(BaseModel):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -73,6 +74,13 @@ COLUMNS = (
     "retrieved",
     "note",
 )
+# The providers a price row may name; the same five as broker.spec.PROVIDER_NAMES
+# (cost_models imports nothing from broker but its errors; a test keeps them equal).
+PROVIDERS = ("vertex", "azure", "sagemaker", "h2o", "local")
+# No machine costs more than this per hour: a larger price is a typo or a wrong unit.
+MAX_USD_PER_HOUR = Decimal(100_000)
+# The same ceiling for storage and egress, per GiB-month or GiB.
+MAX_USD_PER_GIB = Decimal(100_000)
 _MISSING_TEXT = {"", "nan", "none", "null", "n/a", "na", "-"}
 
 RowKey = tuple[str, str, str, str]  # provider, sku, region, component
@@ -290,11 +298,19 @@ def read_csv(path: str | Path, *, user_supplied: bool = False) -> list[PriceRow]
     """Parse one catalog CSV file into rows."""
     path = Path(path)
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: spreadsheet programs save "CSV UTF-8" with a byte-order mark,
+        # which would otherwise become part of the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             records = list(csv.DictReader(handle))
     except OSError as exc:
         raise ConfigurationError(
             f"cannot read price catalog {str(path)!r}: {exc.strerror or exc}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"price catalog {str(path)!r} is not UTF-8 text (byte "
+            f"{exc.object[exc.start : exc.start + 1].hex()} at offset {exc.start}); "
+            "save it as CSV UTF-8"
         ) from None
     return [
         parse_row(record, origin=f"{path}:{line}", user_supplied=user_supplied)
@@ -406,6 +422,12 @@ def parse_row(
                 f"price row {origin} has no {required!r}; every row needs "
                 "provider, sku and region"
             )
+    provider = _text(cells["provider"]).lower()
+    if provider not in PROVIDERS:
+        raise ConfigurationError(
+            f"price row {origin}: unknown provider {_text(cells['provider'])!r}; "
+            f"choose from {list(PROVIDERS)}"
+        )
     component = _text(cells.get("component")) or "host"
     unit = _text(cells.get("unit")) or "hour"
     if component not in COMPONENTS:
@@ -427,13 +449,18 @@ def parse_row(
             "note the exchange rate and its date in the row's 'note'"
         )
 
+    price = _decimal(cells.get("price"), "price", origin)
+    spot_price = _decimal(cells.get("spot_price"), "spot_price", origin)
+    _check_ceiling(price, cells.get("price"), "price", unit, origin)
+    _check_ceiling(spot_price, cells.get("spot_price"), "spot_price", unit, origin)
+
     return PriceRow(
-        provider=_text(cells["provider"]).lower(),
+        provider=provider,
         sku=_text(cells["sku"]),
         region=_text(cells["region"]),
         component=component,
         unit=unit,
-        price=_decimal(cells.get("price"), "price", origin),
+        price=price,
         currency=currency,
         billing_increment_s=_decimal(
             cells.get("billing_increment_s"), "billing_increment_s", origin
@@ -441,7 +468,7 @@ def parse_row(
         minimum_charge_s=_decimal(
             cells.get("minimum_charge_s"), "minimum_charge_s", origin
         ),
-        spot_price=_decimal(cells.get("spot_price"), "spot_price", origin),
+        spot_price=spot_price,
         memory_gib=_number(cells.get("memory_gib"), "memory_gib", origin),
         vcpus=_integer(cells.get("vcpus"), "vcpus", origin),
         gpus=_integer(cells.get("gpus"), "gpus", origin) or 0,
@@ -567,11 +594,36 @@ def _decimal(value: Any, column: str, origin: str) -> Decimal | None:
         ) from None
     if number.is_nan():
         return None
-    if number < 0 or number.is_infinite():
+    if number.is_infinite() or not math.isfinite(float(number)):
+        raise ConfigurationError(
+            f"price row {origin}: {column} {str(value)!r} is not a finite number; "
+            "write a decimal such as 0.25, or leave the cell empty when unknown"
+        )
+    if number < 0:
         raise ConfigurationError(
             f"price row {origin}: {column} {str(value)!r} must be zero or more"
         )
     return number
+
+
+def _check_ceiling(
+    price: Decimal | None, cell: Any, column: str, unit: str, origin: str
+) -> None:
+    if price is None:
+        return
+    if unit in ("hour", "second"):
+        per_hour = price * SECONDS_PER_HOUR if unit == "second" else price
+        if per_hour > MAX_USD_PER_HOUR:
+            raise ConfigurationError(
+                f"price row {origin}: {column} {str(cell).strip()!r} per {unit} is "
+                f"${per_hour:,f} an hour, above the ${MAX_USD_PER_HOUR:,} an hour no "
+                "machine costs; check the figure and its unit (hour or second)"
+            )
+    elif price > MAX_USD_PER_GIB:
+        raise ConfigurationError(
+            f"price row {origin}: {column} {str(cell).strip()!r} per {unit} is above "
+            f"${MAX_USD_PER_GIB:,}; check the figure and its unit"
+        )
 
 
 def _number(value: Any, column: str, origin: str) -> float | None:

@@ -14,6 +14,7 @@ from cost_models.billing import BillingRule, charge, monthly
 from cost_models.catalog import (
     CATALOG_DIR,
     COMPONENTS,
+    PROVIDERS,
     Catalog,
     PriceRow,
     load_catalog,
@@ -363,3 +364,90 @@ def test_catalog_from_rows_parses_mappings() -> None:
     )
     row = catalog.get("azure", "vm", "r1")
     assert row is not None and row.price == Decimal("0.5") and row.origin == "memory"
+
+
+# --- what a price file may hold ---------------------------------------------------------
+
+
+def test_read_overrides_accepts_a_csv_saved_with_a_byte_order_mark(
+    tmp_path: Path,
+) -> None:
+    # spreadsheet programs save "CSV UTF-8" with a BOM before the first column name
+    path = tmp_path / "prices.csv"
+    path.write_bytes(
+        "provider,sku,region,price\nazure,Standard_F4s_v2,eastus,0.169\n".encode(
+            "utf-8-sig"
+        )
+    )
+
+    rows = read_overrides(path)
+
+    assert [(r.provider, r.sku, r.region, r.price) for r in rows] == [
+        ("azure", "Standard_F4s_v2", "eastus", Decimal("0.169"))
+    ]
+
+
+def test_read_overrides_unknown_provider_names_row_and_choices(tmp_path: Path) -> None:
+    path = tmp_path / "prices.csv"
+    path.write_text("provider,sku,region,price\nazure,vm,r1,0.1\nFoo,vm,r1,0.2\n")
+
+    with pytest.raises(
+        ConfigurationError,
+        match=r"prices\.csv:3: unknown provider 'Foo'; choose from \['vertex', "
+        r"'azure', 'sagemaker', 'h2o', 'local'\]",
+    ):
+        read_overrides(path)
+
+
+def test_catalog_providers_are_the_spec_provider_names() -> None:
+    from broker.spec import PROVIDER_NAMES
+
+    assert PROVIDERS == PROVIDER_NAMES
+
+
+@pytest.mark.parametrize("price", ["1e999", "inf", "-Infinity", "9e400"])
+def test_parse_row_non_finite_price_names_row_and_value(price: str) -> None:
+    with pytest.raises(
+        ConfigurationError,
+        match=rf"row f\.csv:2: price '{price}' is not a finite number",
+    ):
+        parse_row(
+            {"provider": "vertex", "sku": "m", "region": "r1", "price": price},
+            origin="f.csv:2",
+        )
+
+
+@pytest.mark.parametrize(
+    ("cells", "message"),
+    [
+        (
+            {"price": "100000.01"},
+            r"price '100000\.01' per hour is \$100,000\.01 an hour, above the "
+            r"\$100,000 an hour",
+        ),
+        (
+            {"price": "28", "unit": "second"},
+            r"price '28' per second is \$100,800 an hour, above",
+        ),
+        ({"spot_price": "1e30"}, r"spot_price '1e30' per hour is \$1,000,000,"),
+        (
+            {"price": "200000", "component": "storage", "unit": "gib_month"},
+            r"price '200000' per gib_month is above \$100,000",
+        ),
+    ],
+)
+def test_parse_row_absurd_price_is_refused(cells: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"row f\.csv:4: " + message):
+        parse_row(
+            {"provider": "azure", "sku": "vm", "region": "r1", **cells},
+            origin="f.csv:4",
+        )
+
+
+def test_parse_row_price_at_the_ceiling_is_kept() -> None:
+    row = parse_row(
+        {"provider": "azure", "sku": "vm", "region": "r1", "price": "100000"},
+        origin="x",
+    )
+
+    assert row.usd_per_hour == Decimal("100000")

@@ -549,7 +549,7 @@ def test_load_dataset_drops_infinite_regression_targets(tmp_path: Path) -> None:
     rows = "\n".join(f"{(i * 7) % 5 + 0.5},{i * 1.5}" for i in range(30))
     path = _write(tmp_path, "x,y\n" + rows + "\n2.5,inf\n3.5,-inf\n")
     with pytest.warns(DataWarning, match="dropped 2 row\\(s\\) .* missing or infinite"):
-        dataset = load_dataset(JobSpec(data=path, target="y", task="regression"))
+        dataset = load_dataset(JobSpec(data=path, target="y", task=Task.REGRESSION))
     assert dataset.schema.n_rows == 30
     assert dataset.schema.dropped_target_rows == (31, 32)
 
@@ -642,3 +642,127 @@ def test_load_dataset_refuses_an_identifier_as_target() -> None:
 
     with pytest.raises(TargetError, match=r"'rid' has a different value in every one"):
         load_dataset(JobSpec(data=frame, target="rid"))
+
+
+# --- infinite feature values ----------------------------------------------------------
+
+
+def test_load_dataset_reads_infinite_features_as_missing_with_one_warning(
+    tmp_path: Path,
+) -> None:
+    # 9e999 is beyond float range and is read as inf, like inf and -inf
+    speeds = ["1.5", "inf", "2.5", "-inf", "1.5", "9e999", "4.5", "2.5", "3.5", "1.5"]
+    loads = ["0.5", "1.5", "-inf", "0.5", "2.5", "1.5", "0.5", "2.5", "1.5", "0.5"]
+    rows = "\n".join(
+        f"{s},{w},{i % 2}" for i, (s, w) in enumerate(zip(speeds, loads, strict=True))
+    )
+    path = _write(tmp_path, "speed,load,y\n" + rows + "\n")
+
+    with pytest.warns(DataWarning) as caught:
+        dataset = load_dataset(JobSpec(data=path, target="y"))
+    infinite = [str(w.message) for w in caught if "infinite" in str(w.message)]
+    safe = to_safe_frame(dataset.frame, dataset.schema)
+
+    # one warning names both columns with their counts and the total
+    assert infinite == [
+        "infinite numbers (inf or -inf) in column(s) 'speed' (3 value(s)), 'load' "
+        "(1 value(s)) were treated as missing values; 4 value(s) in all"
+    ]
+    by_name = {c.name: c for c in dataset.schema.columns}
+    assert (by_name["speed"].kind, by_name["speed"].n_missing) == (
+        ColumnKind.NUMERIC,
+        3,
+    )
+    assert (by_name["load"].kind, by_name["load"].n_missing) == (ColumnKind.NUMERIC, 1)
+    assert safe["speed"].isna().tolist() == [
+        s in ("inf", "-inf", "9e999") for s in speeds
+    ]
+    assert bool(np.isfinite(safe["speed"].dropna()).all())
+    assert safe["speed"].sum() == pytest.approx(1.5 * 3 + 2.5 * 2 + 4.5 + 3.5)
+
+
+def test_load_dataset_infinite_features_in_a_dataframe_become_missing() -> None:
+    frame = pd.DataFrame(
+        {
+            "x": [0.5, np.inf, 1.5, 0.5, 2.5, 1.5, 0.5, 2.5],
+            "y": ["a", "b", "a", "b", "a", "b", "a", "b"],
+        }
+    )
+
+    with pytest.warns(DataWarning, match=r"'x' \(1 value\(s\)\)"):
+        dataset = load_dataset(JobSpec(data=frame, target="y"))
+
+    assert dataset.frame["x"].isna().tolist() == [False, True] + [False] * 6
+    # the caller's frame is left as it was
+    assert frame["x"].iloc[1] == np.inf
+
+
+def test_to_safe_frame_infinite_holdout_feature_becomes_missing(
+    tmp_path: Path,
+) -> None:
+    dataset = load_dataset(_balanced(8))
+    holdout = pd.DataFrame({"x": [1.0, -np.inf, 3.0], "y": ["a", "b", "a"]})
+
+    with pytest.warns(DataWarning, match=r"column 'x': 1 infinite value\(s\)"):
+        safe = to_safe_frame(holdout, dataset.schema)
+
+    assert safe["x"].isna().tolist() == [False, True, False]
+
+
+# --- numbers with thousands separators ------------------------------------------------
+
+
+def test_load_dataset_reads_thousands_separators_as_numbers(tmp_path: Path) -> None:
+    # "1,5" is a decimal comma, not a thousands separator: that column stays text
+    text = (
+        "income;ratio;mixed;y\n"
+        "1,234,567;1,5;1,000;0\n"
+        "2,345.5;2,5;many;1\n"
+        "999;1,5;2,000;0\n"
+        "1,234,567;2,5;3,000;1\n"
+        "-12,000;1,5;1,000;0\n"
+        ";2,5;2,000;1\n"
+        "999;1,5;3,000;0\n"
+        "2,345.5;2,5;1,000;1\n"
+    )
+    path = _write(tmp_path, text)
+
+    with pytest.warns(DataWarning) as caught:
+        dataset = load_dataset(JobSpec(data=path, target="y"))
+    grouped = [str(w.message) for w in caught if "thousands" in str(w.message)]
+
+    assert grouped == [
+        "read column(s) 'income' as numbers written with thousands separators "
+        "(such as '1,234,567'); the commas were removed"
+    ]
+    kinds = {c.name: c.kind for c in dataset.schema.columns}
+    assert kinds == {
+        "income": ColumnKind.NUMERIC,
+        "ratio": ColumnKind.CATEGORICAL,
+        "mixed": ColumnKind.CATEGORICAL,
+        "y": ColumnKind.TARGET,
+    }
+    safe = to_safe_frame(dataset.frame, dataset.schema)
+    assert safe["income"].tolist()[:5] == [
+        1234567.0,
+        2345.5,
+        999.0,
+        1234567.0,
+        -12000.0,
+    ]
+    assert np.isnan(safe["income"].iloc[5])
+    assert dataset.frame["ratio"].tolist()[:2] == ["1,5", "2,5"]
+
+
+def test_to_safe_frame_reads_thousands_separators_in_holdout_rows() -> None:
+    train = pd.DataFrame(
+        {"x": [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0, 2.0], "y": list("abababab")}
+    )
+    dataset = load_dataset(JobSpec(data=train, target="y"))
+    holdout = pd.DataFrame({"x": ["1,234.5", "12", "1,5"], "y": ["a", "b", "a"]})
+
+    with pytest.warns(DataWarning, match=r"1 value\(s\) are not numbers.*'1,5'"):
+        safe = to_safe_frame(holdout, dataset.schema)
+
+    assert safe["x"].tolist()[:2] == [1234.5, 12.0]
+    assert np.isnan(safe["x"].iloc[2])

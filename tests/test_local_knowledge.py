@@ -232,3 +232,74 @@ def test_knowledge_lock_held_too_long_names_the_lock_file(
         _record_many(str(path), worker=0, count=1)
 
     assert KnowledgeBase(path).records() == []
+
+
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [
+        ("null", "null"),
+        ("[]", "list"),
+        ('"searches"', "str"),
+        ('{"version": 1}', "a mapping whose 'searches' is NoneType"),
+        ('{"searches": {"a": 1}}', "a mapping whose 'searches' is dict"),
+        ("{not json", "Expecting property name"),
+    ],
+)
+def test_knowledge_wrongly_shaped_file_is_read_as_empty_and_rewritten(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str, found: str
+) -> None:
+    path = tmp_path / "local-searches.json"
+    path.write_text(content)
+    knowledge = KnowledgeBase(path)
+    meta = _meta(_frame(200))
+
+    with caplog.at_level("WARNING", logger="broker.local.knowledge"):
+        suggested = knowledge.suggest(meta, space_kind="tabular", metric="roc_auc")
+        knowledge.record(
+            meta,
+            space_kind="tabular",
+            metric="roc_auc",
+            best=[({"width": 8}, 0.8)],
+            strategy="tpe",
+        )
+
+    assert suggested is None
+    assert found in caplog.text and "starting afresh" in caplog.text
+    # the search's result replaced the wrongly shaped content
+    assert [r["best"] for r in json.loads(path.read_text())["searches"]] == [
+        [{"config": {"width": 8}, "score": 0.8}]
+    ]
+
+
+def test_knowledge_malformed_records_are_skipped_one_by_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "local-searches.json"
+    meta = _meta(_frame(200))
+    good = {
+        "meta": {**meta.__dict__},
+        "space": "tabular",
+        "metric": "roc_auc",
+        "strategy": "tpe",
+        "best": [{"config": {"width": 16}, "score": 0.9}],
+        "at": "2024-07-01T00:00:00+00:00",
+    }
+    malformed = [
+        None,
+        7,
+        {"space": "tabular", "metric": "roc_auc"},  # no meta, no best
+        {**good, "meta": {"task": "binary"}},  # meta missing keys
+        {**good, "best": [{"config": {"width": 4}}]},  # an entry without a score
+        {**good, "best": [{"config": "width=4", "score": 0.99}]},
+        {**good, "best": "many"},
+    ]
+    path.write_text(json.dumps({"version": 1, "searches": [*malformed, good]}))
+    knowledge = KnowledgeBase(path)
+
+    with caplog.at_level("WARNING", logger="broker.local.knowledge"):
+        records = knowledge.records()
+        found = knowledge.suggest(meta, space_kind="tabular", metric="roc_auc")
+
+    assert records == [good]
+    assert "skipped 7 malformed record(s) of 8" in caplog.text
+    assert found is not None and found.configs == [{"width": 16}]

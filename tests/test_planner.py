@@ -655,3 +655,54 @@ def test_plan_azure_rejected_when_the_cap_cannot_pay_its_shortest_run() -> None:
     assert azure.detail.endswith(
         "which pays for less than the 900 s that azure bills at least"
     )
+
+
+def test_plan_prefer_repeated_local_ranks_local_first() -> None:
+    catalog = Catalog.from_rows(
+        [LOCAL, row("sagemaker", "m", "r1", "0.115"), row("azure", "vm", "r1", "0.2")]
+    )
+    job = spec(budget={"max_runtime_s": 3600}, constraints={"prefer": ["local"] * 3})
+
+    plan = plan_for(catalog, job, local_rate_usd_per_hour=Decimal("0.50"))
+
+    # local is the dearest, but preferred; the rest follow by cost
+    assert [c.provider for c in plan.candidates] == ["local", "sagemaker", "azure"]
+    assert plan.candidates[0].rank_reason.startswith("first preferred provider")
+
+
+@pytest.mark.parametrize("text", ["1e30", "Infinity", "100000.01", "-0.01"])
+def test_plan_absurd_local_rate_from_environment_names_variable(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    monkeypatch.setenv("AUTOML_BROKER_LOCAL_RATE", text)
+    with pytest.raises(
+        ConfigurationError,
+        match=rf"AUTOML_BROKER_LOCAL_RATE is '{text}', but the local rate must be a "
+        r"finite number of dollars per hour from 0 to 100,000",
+    ):
+        plan_for(Catalog.from_rows([LOCAL]), spec())
+
+
+@pytest.mark.parametrize(
+    ("rate", "shown"), [(Decimal("1e30"), r"1E\+30"), (Decimal("NaN"), "NaN")]
+)
+def test_plan_absurd_local_rate_argument_names_the_setting(
+    rate: Decimal, shown: str
+) -> None:
+    # the config value local_rate_usd_per_hour reaches make_plan as this argument
+    with pytest.raises(
+        ConfigurationError,
+        match=rf"local_rate_usd_per_hour \(argument or config setting\) is {shown}, ",
+    ):
+        plan_for(Catalog.from_rows([LOCAL]), spec(), local_rate_usd_per_hour=rate)
+
+
+def test_plan_local_rate_at_the_ceiling_is_used() -> None:
+    plan = plan_for(
+        Catalog.from_rows([LOCAL]),
+        spec(budget={"max_runtime_s": 3600}),
+        local_rate_usd_per_hour=Decimal("100000"),
+    )
+
+    assert plan.local_usd_per_hour == Decimal("100000")
+    assert plan.candidates[0].quote.training_usd_high == Decimal("100000")

@@ -106,3 +106,25 @@ def test_config_bad_values_are_named(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigurationError, match=message):
         load_config(path)
+
+
+def test_spec_prefer_repeated_names_keep_their_first_place():
+    spec = parse_spec(
+        {
+            "data": "x.csv",
+            "target": "y",
+            "constraints": {"prefer": ["local", "H2O ", "local", "h2o", "local"]},
+        }
+    )
+    assert spec.constraints.prefer == ["local", "h2o"]
+
+
+def test_spec_prefer_unknown_name_is_still_refused_among_repeats():
+    with pytest.raises(ConfigurationError, match=r"unknown provider\(s\) \['gcp'\]"):
+        parse_spec(
+            {
+                "data": "x.csv",
+                "target": "y",
+                "constraints": {"prefer": ["local", "local", "gcp"]},
+            }
+        )

@@ -131,7 +131,25 @@ class KnowledgeBase:
                 exc,
             )
             return []
-        return list(payload.get("searches", []))
+        searches = payload.get("searches") if isinstance(payload, dict) else None
+        if not isinstance(searches, list):
+            logger.warning(
+                "earlier local searches in %s are not a mapping with a 'searches' list "
+                "(found %s); starting afresh",
+                self.path,
+                _shape(payload),
+            )
+            return []
+
+        kept = [record for record in searches if _well_formed(record)]
+        if len(kept) < len(searches):
+            logger.warning(
+                "skipped %d malformed record(s) of %d in %s",
+                len(searches) - len(kept),
+                len(searches),
+                self.path,
+            )
+        return kept
 
     def suggest(
         self,
@@ -255,6 +273,34 @@ def default_path() -> Path:
     return (
         Path(platformdirs.user_data_dir("automl-broker", appauthor=False)) / FILE_NAME
     )
+
+
+def _well_formed(record: Any) -> bool:
+    """True for a record shaped as :meth:`KnowledgeBase.record` writes it."""
+    if not isinstance(record, dict):
+        return False
+    if not all(isinstance(record.get(key), str) for key in ("space", "metric")):
+        return False
+    meta, best = record.get("meta"), record.get("best")
+    if not isinstance(meta, dict) or not isinstance(best, list):
+        return False
+    try:
+        DatasetMeta(**meta)
+    except TypeError:
+        return False
+    return all(
+        isinstance(entry, dict)
+        and isinstance(entry.get("config"), dict)
+        and isinstance(entry.get("score"), int | float)
+        and not isinstance(entry.get("score"), bool)
+        for entry in best
+    )
+
+
+def _shape(payload: Any) -> str:
+    if isinstance(payload, dict):
+        return f"a mapping whose 'searches' is {type(payload.get('searches')).__name__}"
+    return "null" if payload is None else type(payload).__name__
 
 
 def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
