@@ -671,7 +671,19 @@ class Broker:
             self.store.set_provider_ref(last.attempt_id, ref_data, found.job_id)
         ref = ProviderJobRef(**ref_data)
 
-        provider.cancel(ref)
+        if (
+            last.provider == "local"
+            and provider.find_by_idempotency_key(last.idempotency_key) is None
+        ):
+            # The search died with the process that ran it: nothing runs, nothing is
+            # left to stop. `resume` finishes the job from its saved trials.
+            logger.info(
+                "job %s: its local search ended with the process that ran it; the "
+                "cancel is recorded and `automl-broker resume` ends the job",
+                job_id,
+            )
+        else:
+            provider.cancel(ref)
         if record.state == JobState.PENDING:
             self.store.transition(job_id, JobState.QUEUED, attempt_id=last.attempt_id)
         self.store.transition(job_id, JobState.CANCELLING, attempt_id=last.attempt_id)
@@ -892,6 +904,18 @@ class Broker:
             )
             self._record_ref(attempt, found)
         elif self._local_job_lost(attempt):
+            if self._cancel_wanted(attempt.job.job_id):
+                # Cancelled while no process ran the search: nothing is left to stop,
+                # and the trials it completed stay in the run folder's local/.
+                logger.info(
+                    "job %s: cancelled while its local search was not running; ended "
+                    "without searching further",
+                    attempt.job.job_id,
+                )
+                stopped = ProviderStatus(
+                    JobState.CANCELLED, message="cancelled while no process ran it"
+                )
+                return self._unfinished_result(attempt, prepared, stopped, started)
             self._resubmit_local(attempt)
         if attempt.states[-1] == JobState.PENDING:
             # The ref was recorded but the broker stopped before marking it submitted.
@@ -1598,7 +1622,23 @@ _EXTRAS = {"vertex": "vertex", "azure": "azure", "sagemaker": "aws", "h2o": "h2o
 
 
 def _check_folder_free(folder: Path) -> None:
-    """Refuse a run folder that already holds a run, before any job is recorded."""
+    """Refuse a run folder that already holds a run, or that cannot be a folder,
+    before any job is recorded."""
+    blocker = next(
+        (p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None
+    )
+    if blocker is not None:
+        raise InputError(
+            f"run folder {str(folder)!r} cannot be created: {str(blocker)!r} is a file; "
+            "choose another --out folder"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"run folder {str(folder)!r} cannot be created: {exc.strerror}; choose "
+            "another --out folder"
+        ) from None
     if (folder / RUN_MARKER).exists() or (folder / "spec.json").exists():
         owner = _folder_owner(folder)
         raise InputError(

@@ -197,14 +197,9 @@ DRIVER = textwrap.dedent(
 )
 
 
-def test_broker_killed_mid_search_resumes_the_local_job_from_its_trials(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from broker.runner import Broker
-    from broker.store import JobStore
-    from cost_models.catalog import Catalog, PriceRow
-
-    monkeypatch.setenv("AUTOML_BROKER_HOME", str(tmp_path / "home"))
+def _kill_a_broker_mid_search(tmp_path: Path) -> Path:
+    """Run a local job in a driver process and SIGKILL it after its first trial;
+    the journal's path."""
     rng = np.random.default_rng(0)
     x1, x2 = rng.normal(size=150), rng.normal(size=150)
     label = np.where(x1 + 0.5 * x2 + rng.normal(scale=0.5, size=150) > 0, "y", "n")
@@ -237,13 +232,15 @@ def test_broker_killed_mid_search_resumes_the_local_job_from_its_trials(
         if driver.poll() is None:
             driver.kill()
     assert driver.returncode == -signal.SIGKILL
-    [before] = [
-        json.loads(line)
-        for line in journal_path.read_text().splitlines()
-        if json.loads(line)["kind"] == "trial"
-    ]
+    return journal_path
 
-    broker = Broker(
+
+def _resuming_broker(tmp_path: Path) -> Any:
+    from broker.runner import Broker
+    from broker.store import JobStore
+    from cost_models.catalog import Catalog, PriceRow
+
+    return Broker(
         store=JobStore(tmp_path / "jobs.db"),
         catalog=Catalog.from_rows(
             [PriceRow("local", "this-machine", "local", price=None, memory_gib=64)]
@@ -251,6 +248,20 @@ def test_broker_killed_mid_search_resumes_the_local_job_from_its_trials(
         local_rate_usd_per_hour=Decimal("0"),
         poll_interval_s=0.2,
     )
+
+
+def test_broker_killed_mid_search_resumes_the_local_job_from_its_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOML_BROKER_HOME", str(tmp_path / "home"))
+    journal_path = _kill_a_broker_mid_search(tmp_path)
+    [before] = [
+        json.loads(line)
+        for line in journal_path.read_text().splitlines()
+        if json.loads(line)["kind"] == "trial"
+    ]
+
+    broker = _resuming_broker(tmp_path)
     [job] = broker.store.list_jobs()
     assert not job.terminal
     result = broker.resume(job.job_id)
@@ -293,3 +304,23 @@ def test_journal_keeps_each_trial_curve_for_the_resumed_pruner(tmp_path: Path) -
         assert 1 <= len(trial.curve) <= trial.epochs_run
         assert trial.curve == sorted(trial.curve)
         assert trial.curve[-1] <= trial.score + 1e-12
+
+
+def test_cancel_of_a_local_job_whose_broker_died_is_recorded_and_resume_ends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker.states import JobState
+
+    monkeypatch.setenv("AUTOML_BROKER_HOME", str(tmp_path / "home"))
+    _kill_a_broker_mid_search(tmp_path)
+    broker = _resuming_broker(tmp_path)
+    [job] = broker.store.list_jobs()
+
+    assert broker.cancel(job.job_id) is True
+    assert broker.store.get(job.job_id).state is JobState.CANCELLING
+    assert broker.cancel(job.job_id) is False  # a second cancel is a no-op
+
+    result = broker.resume(job.job_id)
+
+    assert result.state == "cancelled"
+    assert broker.store.get(job.job_id).state is JobState.CANCELLED

@@ -395,6 +395,24 @@ def test_runner_refuses_a_run_folder_that_holds_another_job(tmp_path):
     assert [j.job_id for j in broker.store.list_jobs()] == [first.job_id]
 
 
+@pytest.mark.parametrize("where", ["afile", "afile/sub"])
+def test_runner_refuses_a_run_folder_that_is_a_file_before_recording_a_job(
+    tmp_path, where
+):
+    from broker.errors import InputError
+
+    (tmp_path / "afile").write_text("not a folder")
+    clock = FakeClock()
+    cloud = scripted(clock, "sagemaker", script=QUICK)
+    broker = make_broker(tmp_path, clock, {"sagemaker": cloud})
+
+    with pytest.raises(InputError, match=r"cannot be created: .*afile' is a file"):
+        broker.run(spec("sagemaker"), run_dir=tmp_path / where)
+
+    assert broker.store.list_jobs() == []
+    assert cloud.calls == []
+
+
 class _UnbilledNoModel(ScriptedProvider):
     """A machine that bills nothing itself and has no model after a cancel."""
 
