@@ -7,6 +7,7 @@ file: providers take credentials from their own SDK's usual places (environment,
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from broker.errors import ConfigurationError
+from broker.redact import describe_yaml_error
 
 KNOWN_KEYS = {
     "providers",
@@ -75,30 +77,21 @@ def load_config(path: str | Path | None = None) -> BrokerConfig:
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
+        # PyYAML's message quotes the offending line, which may hold a secret.
         raise ConfigurationError(
-            f"config file {str(file)!r} is not valid YAML: {exc}"
+            f"config file {str(file)!r} is not valid YAML: {describe_yaml_error(exc)}"
         ) from None
     if not isinstance(raw, dict):
         raise ConfigurationError(f"config file {str(file)!r} must hold a mapping")
     unknown = sorted(set(raw) - KNOWN_KEYS)
     if unknown:
         raise ConfigurationError(
-            f"config file {str(file)!r} has unknown keys {unknown}; known: {sorted(KNOWN_KEYS)}"
+            f"config file {str(file)!r} has unknown keys {unknown}; "
+            f"known: {sorted(KNOWN_KEYS)}"
         )
 
     config = BrokerConfig(source=file)
-    providers = raw.get("providers") or {}
-    if not isinstance(providers, dict):
-        raise ConfigurationError(
-            "config key 'providers' must map provider names to settings"
-        )
-    for name, settings in providers.items():
-        if settings is not None and not isinstance(settings, dict):
-            raise ConfigurationError(
-                f"config providers.{name} must be a mapping of settings, got "
-                f"{type(settings).__name__} {settings!r}"
-            )
-    config.providers = {str(k): dict(v or {}) for k, v in providers.items()}
+    config.providers = _provider_settings(raw.get("providers") or {})
     rate = raw.get("local_rate_usd_per_hour")
     if rate is not None:
         try:
@@ -123,6 +116,36 @@ def load_config(path: str | Path | None = None) -> BrokerConfig:
         if key in raw:
             setattr(config, key, _positive_seconds(key, raw[key]))
     return config
+
+
+def _provider_settings(raw: Any) -> dict[str, dict[str, Any]]:
+    """Check the ``providers:`` mapping: known names, settings their classes take."""
+    from broker.providers import REGISTRY, check_provider_settings
+
+    if not isinstance(raw, dict):
+        raise ConfigurationError(
+            "config key 'providers' must map provider names to settings, got "
+            f"{type(raw).__name__}"
+        )
+
+    providers: dict[str, dict[str, Any]] = {}
+    for name, settings in raw.items():
+        if name not in REGISTRY:
+            close = difflib.get_close_matches(str(name), list(REGISTRY), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigurationError(
+                f"config providers has an unknown provider {name!r}{hint}; "
+                f"providers are {sorted(REGISTRY)}"
+            )
+        if settings is not None and not isinstance(settings, dict):
+            # The value is not echoed: a credential put in the wrong place stays out.
+            raise ConfigurationError(
+                f"config providers.{name} must be a mapping of settings such as "
+                f"`{name}: {{setting: value}}`, got {type(settings).__name__}"
+            )
+        check_provider_settings(name, settings or {})
+        providers[str(name)] = dict(settings or {})
+    return providers
 
 
 def _positive_seconds(key: str, value: Any) -> float:

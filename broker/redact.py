@@ -14,6 +14,9 @@ Two rules apply:
   key ids, bearer tokens, signature parameters of signed URLs and SAS tokens, key
   fields of connection strings, passwords in URLs, private key blocks and JWTs.
 
+:func:`describe_yaml_error` reports a YAML parse error without the source line that
+PyYAML quotes, since that line may hold a password.
+
 Example:
     >>> redact({"api_key": "abc123", "region": "us-east1"})
     {'api_key': '[REDACTED]', 'region': 'us-east1'}
@@ -27,7 +30,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MASK", "is_secret_key", "redact", "redact_text"]
+__all__ = ["MASK", "describe_yaml_error", "is_secret_key", "redact", "redact_text"]
 
 MASK = "[REDACTED]"
 
@@ -51,8 +54,11 @@ _SECRET_WORDS = frozenset(
         "sas",
         "auth",
         "authorization",
+        "bearer",
         "cookie",
         "cookies",
+        "session",
+        "sessions",
         "connstr",
         "dsn",
         "pat",  # personal access token
@@ -61,13 +67,75 @@ _SECRET_WORDS = frozenset(
         "pin",
         "otp",
         "cert",
+        "certs",
+        "certificate",
+        "certificates",
+        "keyfile",
+        "keytab",
         "jwt",
     }
 )
 # Parts that name a secret even inside a run-together word (``apitoken``, ``sppass``).
 _SECRET_PARTS = ("secret", "token", "passw", "passwd", "credential", "apikey")
-# Key names that contain "key" but hold no secret: the broker needs them readable.
-_SAFE_KEY_NAMES = frozenset({"idempotency_key", "idempotencykey"})
+# Two words that name a secret together: ``connection_string``, ``serviceAccount``;
+# each also counts run together (``serviceaccountjson``).
+_SECRET_PHRASES = frozenset(
+    {"connectionstring", "connstr", "privatekey", "serviceaccount"}
+)
+# Words after a secret word that make the name describe the secret rather than hold
+# it: ``key_column`` names a column, ``session_name`` a label, ``token_ttl_s`` a time.
+_DESCRIBING_WORDS = frozenset(
+    {
+        "alias",
+        "algorithm",
+        "arn",
+        "bits",
+        "col",
+        "cols",
+        "column",
+        "columns",
+        "count",
+        "duration",
+        "email",
+        "env",
+        "expiry",
+        "expiration",
+        "field",
+        "fields",
+        "format",
+        "kind",
+        "len",
+        "length",
+        "mode",
+        "name",
+        "names",
+        "order",
+        "prefix",
+        "ring",
+        "s",
+        "seconds",
+        "size",
+        "suffix",
+        "timeout",
+        "ttl",
+        "type",
+        "types",
+        "var",
+        "vault",
+        "version",
+    }
+)
+# Words before ``key`` that make it a lookup key, not a secret: the broker's own
+# ``idempotency_key``, a table's ``sort_key``, a cloud KMS key's id (an ARN or
+# resource name that the job needs again on resume).
+_LOOKUP_KEY_KINDS = frozenset(
+    {"cache", "dedup", "hash", "idempotency", "join", "kms", "partition", "sort"}
+)
+
+# A quoted run in a parser's problem text may be the user's own text (an unknown tag);
+# one or two characters and a token name such as '<scalar>' stay readable.
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+_TOKEN_NAME = re.compile(r"<[a-z ]+>")
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NON_WORD = re.compile(r"[^a-z0-9]+")
@@ -100,8 +168,16 @@ _TEXT_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\beyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+"), MASK),
     # Authorization header values.
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), rf"\1 {MASK}"),
-    # Passwords inside URLs: scheme://user:password@host
-    (re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:)[^@\s/]+@"), rf"\1{MASK}@"),
+    # Passwords inside URLs: scheme://user:password@host. A password may itself hold
+    # '@' (or '/'), so it runs to the last '@' of the authority that a host follows,
+    # else to the last such '@' before the next whitespace.
+    (
+        re.compile(
+            r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:)(?:[^\s/?#]*|\S*)@"
+            r"(?=[A-Za-z0-9\[])"
+        ),
+        rf"\1{MASK}@",
+    ),
     # Query parameters of signed URLs and SAS tokens (S3, GCS, Azure), and tokens or
     # keys passed in a query string.
     (
@@ -137,27 +213,47 @@ def is_secret_key(name: str) -> bool:
     """Tell whether a mapping key names a secret.
 
     A name is split into words (``clientSecret`` -> ``client``, ``secret``;
-    ``AWS-Access-Key-Id`` -> ``aws``, ``access``, ``key``, ``id``). It names a secret
-    when a word is a secret word (secret, token, password, credential, signature, sas,
-    auth, ...) or when a word ends in ``key`` (``key``, ``apikey``, ``accountkey``),
-    except for names the broker itself keeps readable (``idempotency_key``).
+    ``AWS-Access-Key-Id`` -> ``aws``, ``access``, ``key``, ``id``). A word names a
+    secret when it is a secret word (secret, token, password, credential, signature,
+    sas, auth, bearer, session, keyfile, ...), when it ends in ``key`` or ``keys``
+    (``key``, ``apikey``, ``AccountKey``), when it holds a secret inside
+    (``apitoken``), or when it ends a secret phrase (``connection_string``,
+    ``private_key``, ``service_account``).
+
+    The name is a secret when its last such word is not followed by a word that
+    only describes the secret: ``key_column``, ``session_name``, ``token_ttl_s`` and
+    ``service_account_email`` hold no secret, ``secret_key_id`` and
+    ``service_account_json`` do. ``key`` after a lookup word (``idempotency_key``,
+    ``sort_key``, ``kms_key_id``) is no secret either.
 
     Args:
         name: The key.
 
     Returns:
         True when the value under this key must be masked.
+
+    Example:
+        >>> is_secret_key("service_account_json"), is_secret_key("key_column")
+        (True, False)
     """
     words = [w for w in _NON_WORD.split(_CAMEL.sub("_", name).lower()) if w]
-    if "_".join(words) in _SAFE_KEY_NAMES:
+    secret_at = [i for i in range(len(words)) if _names_secret(words, i)]
+    if not secret_at:
         return False
 
-    joined = "".join(words)
-    if "connectionstring" in joined or "privatekey" in joined:
+    following = words[secret_at[-1] + 1 :]
+    return not any(word in _DESCRIBING_WORDS for word in following)
+
+
+def _names_secret(words: list[str], index: int) -> bool:
+    word = words[index]
+    before = words[index - 1] if index > 0 else ""
+    if word.endswith(("key", "keys")):
+        stem = word[: -3 if word.endswith("key") else -4]
+        return before not in _LOOKUP_KEY_KINDS and stem not in _LOOKUP_KEY_KINDS
+    if word in _SECRET_WORDS or before + word in _SECRET_PHRASES:
         return True
-    if any(part in joined for part in _SECRET_PARTS):
-        return True
-    return any(w in _SECRET_WORDS or w.endswith("key") for w in words)
+    return any(part in word for part in (*_SECRET_PARTS, *_SECRET_PHRASES))
 
 
 def redact_text(text: str) -> str:
@@ -207,3 +303,62 @@ def _redact_item(key: Any, value: Any) -> Any:
     if keeps_no_secret or value in ("", [], {}):
         return value
     return MASK
+
+
+def describe_yaml_error(error: Exception) -> str:
+    """Say where and why a YAML text failed to parse, without quoting the text.
+
+    PyYAML's own message copies the offending line with a caret under it; when that
+    line holds a password the message would print it. This gives the 1-based line
+    and column, the parser's problem and, when it has one, what it was reading and
+    where that began. Quoted text the problem may echo (an unknown tag) is masked.
+
+    Args:
+        error: A ``yaml.YAMLError`` (any exception is accepted).
+
+    Returns:
+        One line such as ``line 3, column 1: found unexpected end of stream (while
+        scanning a quoted scalar that began at line 2, column 19)``.
+
+    Example:
+        >>> import yaml
+        >>> try:
+        ...     yaml.safe_load('pwd: "hunter2')
+        ... except yaml.YAMLError as exc:
+        ...     print(describe_yaml_error(exc))  # doctest: +NORMALIZE_WHITESPACE
+        line 1, column 14: found unexpected end of stream
+        (while scanning a quoted scalar that began at line 1, column 6)
+    """
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem is None or mark is None:
+        first_line = next(iter(str(error).splitlines()), type(error).__name__)
+        text = _mask_quoted(redact_text(first_line))
+        position = getattr(error, "position", None)  # a reader error's character
+        if isinstance(position, int):
+            text += f" at character {position + 1}"
+        return text
+
+    text = f"{_position(mark)}: {_mask_quoted(redact_text(problem))}"
+    context = getattr(error, "context", None)
+    context_mark = getattr(error, "context_mark", None)
+    if context and context_mark is not None:
+        context = _mask_quoted(redact_text(context))
+        text += f" ({context} that began at {_position(context_mark)})"
+    elif context:
+        text += f" ({_mask_quoted(redact_text(context))})"
+    return text
+
+
+def _position(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _mask_quoted(text: str) -> str:
+    def mask(match: re.Match[str]) -> str:
+        inner = match.group()[1:-1]
+        if len(inner) <= 2 or _TOKEN_NAME.fullmatch(inner):
+            return match.group()
+        return f"'{MASK}'"
+
+    return _QUOTED.sub(mask, text)

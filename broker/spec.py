@@ -189,10 +189,15 @@ class JobSpec(BaseModel):
             ) from None
         try:
             raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        except json.JSONDecodeError as exc:  # its message has no source text
             raise ConfigurationError(
-                f"spec file {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}:"
-                f" {exc}"
+                f"spec file {str(path)!r} is not valid JSON: {exc}"
+            ) from None
+        except yaml.YAMLError as exc:  # PyYAML's message quotes the line, secrets too
+            from broker.redact import describe_yaml_error
+
+            raise ConfigurationError(
+                f"spec file {str(path)!r} is not valid YAML: {describe_yaml_error(exc)}"
             ) from None
         if not isinstance(raw, dict):
             raise ConfigurationError(

@@ -104,3 +104,152 @@ def test_secrets_never_reach_logs_store_or_run_folder(tmp_path, caplog):
         assert needle not in store_bytes, f"{name} in the job store"
         leaks = [str(p) for p, data in run_files.items() if needle in data]
         assert leaks == [], f"{name} in {leaks}"
+
+
+def test_secrets_under_cloud_option_names_stay_out_of_store_and_run_folder(tmp_path):
+    # The option names users of Vertex AI, AWS and H2O give credentials: each value
+    # must be masked, while the plain settings beside them stay readable.
+    tail = hashlib.sha256(b"another fake account").hexdigest()
+    secrets = {
+        "service_account_json": '{"type": "service_account", "k": "' + tail[:20] + '"}',
+        "keyfile": "kf-" + tail[20:36],
+        "bearer": "br-" + tail[36:52],
+        "session": "ss-" + tail[52:64],
+    }
+    readable = {
+        "region": "region-marker-5510",
+        "project": "project-marker-5511",
+        "machine_type": "n1-marker-5512",
+        "key_column": "column-marker-5513",
+    }
+    write_table(tmp_path / "table.csv")
+    config: dict[str, Any] = {
+        "store": str(tmp_path / "jobs.db"),
+        "service": str(tmp_path / "service.db"),
+        "providers": {"vertex": {}},
+    }
+    job = {
+        "data": str(tmp_path / "table.csv"),
+        "target": "label",
+        "providers": ["vertex"],
+        "provider_options": {"vertex": {**secrets, **readable}},
+    }
+    broker = build_broker(config)
+
+    result = broker.run(job_spec(job), run_dir=tmp_path / "run", idempotency_key="o1")
+
+    assert result.state == "succeeded"
+    stored = broker.store.get(result.job_id).spec["provider_options"]["vertex"]
+    broker.store.close()
+    store_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("jobs.db*"))
+    spec_json = (tmp_path / "run" / "spec.json").read_bytes()
+    # the masked names are exactly the four secrets; the rest is kept as given
+    assert stored == {**dict.fromkeys(secrets, "[REDACTED]"), **readable}
+    for name, secret in secrets.items():
+        assert secret.encode() not in store_bytes, f"{name} in the job store"
+        assert secret.encode() not in spec_json, f"{name} in spec.json"
+    for value in readable.values():
+        assert value.encode() in spec_json
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bearer",
+        "keyfile",
+        "key_file",
+        "service_account_json",
+        "serviceAccountFile",
+        "service_account",
+        "session",
+        "session_token",
+        "aws_session_token",
+        "private_key",
+        "connection_string",
+        "sas",
+        "signature",
+        "cookie",
+        "authorization",
+        "credentials",
+        "passwd",
+        "key",
+        "secret_key_id",
+        "client_certificate",
+    ],
+)
+def test_is_secret_key_names_cloud_credentials(name: str) -> None:
+    from broker.redact import is_secret_key
+
+    assert is_secret_key(name) is True
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "region",
+        "project",
+        "machine_type",
+        "location",
+        "key_column",
+        "keyColumn",
+        "session_name",
+        "token_ttl_s",
+        "service_account_email",
+        "signature_version",
+        "idempotency_key",
+        "kms_key_id",
+        "encryption_spec_key_name",
+        "key_vault_url",
+        "author",
+    ],
+)
+def test_is_secret_key_keeps_settings_that_only_describe_a_secret(name: str) -> None:
+    from broker.redact import is_secret_key
+
+    assert is_secret_key(name) is False
+
+
+def test_redact_masks_cloud_credential_options_and_keeps_plain_settings() -> None:
+    from broker.redact import redact
+
+    options = {
+        "vertex": {
+            "service_account_json": "X",
+            "keyfile": "Y",
+            "bearer": "Z",
+            "session": "W",
+            "region": "europe-west4",
+            "key_column": "customer_id",
+        }
+    }
+
+    assert redact(options) == {
+        "vertex": {
+            "service_account_json": "[REDACTED]",
+            "keyfile": "[REDACTED]",
+            "bearer": "[REDACTED]",
+            "session": "[REDACTED]",
+            "region": "europe-west4",
+            "key_column": "customer_id",
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://user:p@ss@127.0.0.1:1/", "http://user:[REDACTED]@127.0.0.1:1/"),
+        ("http://u:a/b@c@127.0.0.1/x", "http://u:[REDACTED]@127.0.0.1/x"),
+        (
+            "h2o at http://u:pw@127.0.0.1:54321/3?to=ops@example.org failed",
+            "h2o at http://u:[REDACTED]@127.0.0.1:54321/3?to=ops@example.org failed",
+        ),
+        ("http://127.0.0.1:54321/3/Jobs", "http://127.0.0.1:54321/3/Jobs"),
+    ],
+)
+def test_redact_text_masks_the_whole_password_of_a_url(
+    text: str, expected: str
+) -> None:
+    from broker.redact import redact_text
+
+    assert redact_text(text) == expected

@@ -1,4 +1,5 @@
 from decimal import Decimal
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -128,3 +129,19 @@ def test_spec_prefer_unknown_name_is_still_refused_among_repeats():
                 "constraints": {"prefer": ["local", "local", "gcp"]},
             }
         )
+
+
+def test_spec_file_with_broken_yaml_names_the_place_but_not_its_text(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        'data: x.csv\ntarget: y\nprovider_options:\n  h2o: {password: "SPEC-SECRET-7\n'
+    )
+
+    with pytest.raises(
+        ConfigurationError, match=r"is not valid YAML: line \d+"
+    ) as caught:
+        JobSpec.from_file(path)
+
+    assert "SPEC-SECRET-7" not in str(caught.value)

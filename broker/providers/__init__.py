@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
+from broker.errors import ConfigurationError
 from broker.providers.base import (
     Availability,
     Provider,
@@ -24,19 +28,103 @@ REGISTRY: dict[str, str] = {
 
 
 def provider_class(name: str) -> type[Provider]:
+    """The class of the provider registered as `name`; its module is imported now.
+
+    Args:
+        name: A provider name such as ``"vertex"``.
+
+    Returns:
+        The provider class.
+
+    Raises:
+        ConfigurationError: `name` is not a registered provider (also a ValueError).
+    """
     try:
         target = REGISTRY[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigurationError(
             f"unknown provider {name!r}; choose from {sorted(REGISTRY)}"
         ) from None
+
     module_name, _, class_name = target.partition(":")
     module = importlib.import_module(module_name)
     cls: type[Provider] = getattr(module, class_name)
     return cls
 
 
+def accepted_settings(name: str) -> list[str] | None:
+    """The keyword settings the provider `name` is built with, from its constructor.
+
+    Args:
+        name: A provider name.
+
+    Returns:
+        The setting names in the constructor's order, or None when the constructor
+        takes any keyword (``**kwargs``).
+
+    Raises:
+        ConfigurationError: `name` is not a registered provider.
+    """
+    parameters = inspect.signature(provider_class(name).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return [
+        p.name
+        for p in parameters.values()
+        if p.name != "self"
+        and p.kind
+        in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def check_provider_settings(name: str, settings: Mapping[str, Any]) -> None:
+    """Refuse settings that the provider `name` does not take, naming a close match.
+
+    Args:
+        name: A provider name.
+        settings: The keyword settings meant for its constructor.
+
+    Raises:
+        ConfigurationError: `name` is unknown, or a setting is not a constructor
+            argument of the provider.
+    """
+    accepted = accepted_settings(name)
+    if accepted is None:
+        return
+
+    unknown = [str(key) for key in settings if key not in accepted]
+    if not unknown:
+        return
+
+    problems = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, accepted, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"{key!r}{hint}")
+    message = f"provider {name!r} has no setting {', '.join(problems)}; its settings "
+    message += f"are {accepted}"
+    if any("did you mean" not in problem for problem in problems):
+        message += (
+            f". Options for one job's training go in the job spec under "
+            f"provider_options.{name}"
+        )
+    raise ConfigurationError(message)
+
+
 def create_provider(name: str, **settings: Any) -> Provider:
+    """Build the provider registered as `name` with its settings.
+
+    Args:
+        name: A provider name.
+        **settings: Keyword arguments for the provider's constructor.
+
+    Returns:
+        The provider.
+
+    Raises:
+        ConfigurationError: `name` is unknown or a setting is not one it takes.
+    """
+    check_provider_settings(name, settings)
     return provider_class(name)(**settings)
 
 
@@ -48,6 +136,8 @@ __all__ = [
     "ProviderJobRef",
     "ProviderResult",
     "ProviderStatus",
+    "accepted_settings",
+    "check_provider_settings",
     "create_provider",
     "provider_class",
 ]
