@@ -216,11 +216,13 @@ class Plan:
         if chosen is None:
             lines.append("No provider can run this job.")
         else:
-            why = (
-                "the first preferred provider"
-                if chosen.rank_reason.startswith("first preferred")
-                else "the lowest estimate"
-            )
+            feasible = {c.provider for c in self.candidates}
+            if chosen.rank_reason.startswith("first preferred"):
+                why = "the first preferred provider"
+            elif len(feasible) == 1:
+                why = "the only feasible provider"
+            else:
+                why = f"the lowest estimate of {len(feasible)} feasible providers"
             lines.append(f"Chose {_where(chosen)}: {why}, {_quote_text(chosen.quote)}.")
             if chosen.quote.is_local:
                 lines.append(
@@ -236,11 +238,17 @@ class Plan:
             if row["status"] == "feasible":
                 assert chosen is not None, "a feasible provider implies a chosen one"
                 extra = row["total_usd"] - chosen.quote.total_usd
-                verdict = (
-                    f"{_usd(extra)} more"
-                    if extra > 0
-                    else "same estimate, ranked later on the tie"
-                )
+                if extra > 0:
+                    verdict = f"{_usd(extra)} more"
+                elif extra < 0:
+                    trimmed = row["quote"] is not None and row["quote"].trimmed
+                    verdict = f"{_usd(-extra)} less, ranked later: " + (
+                        "budget.max_usd trims its runtime"
+                        if trimmed
+                        else "a preferred provider comes first"
+                    )
+                else:
+                    verdict = "same estimate, ranked later on the tie"
                 lines.append(
                     f"- {row['provider']}: feasible, best {row['machine']} in "
                     f"{row['region']} at {_usd(row['total_usd'])} ({verdict})"

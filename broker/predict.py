@@ -6,12 +6,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker.errors import InputError
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
     from broker.metrics import MetricReport
+    from broker.schema import Schema
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +27,87 @@ class PredictOutcome:
     path: Path
     n: int
     metrics: MetricReport | None
+
+
+@dataclass
+class RunModel:
+    """A run folder's model, taking rows with the user's own column names.
+
+    The saved model itself (``model``) expects the broker's safe column names; this
+    wrapper renames and types the columns as the run's schema says first.
+    """
+
+    schema: Schema
+    model: Any
+
+    def features(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """`frame`'s feature columns under their safe names, typed as in training."""
+        from broker import intake
+
+        missing = [n for n in self.schema.feature_names if n not in frame.columns]
+        if missing:
+            raise InputError(
+                f"the data lacks feature column(s) {missing} that the model was "
+                "trained on"
+            )
+        return intake.to_safe_frame(frame, self.schema, include_target=False)
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """One column per class, in the order of ``schema.classes``."""
+        if not self.schema.classes:
+            raise InputError("a regression model has no class probabilities")
+        return self.model.predict_proba(self.features(frame))  # type: ignore[no-any-return]
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class labels for classification, values for regression."""
+        import numpy as np
+
+        if self.schema.classes:
+            proba = self.predict_proba(frame)
+            return np.asarray(self.schema.classes, dtype=object)[
+                np.argmax(proba, axis=1)
+            ]
+        return self.model.predict(self.features(frame))  # type: ignore[no-any-return]
+
+    def best_network(self) -> RunModel:
+        """The best searched network alone, for a local run's ensemble."""
+        if not hasattr(self.model, "best_network"):
+            raise InputError(
+                "this run's model is not a local ensemble; it has no parts"
+            )
+        return RunModel(self.schema, self.model.best_network())
+
+
+def load_run(run_dir: str | Path) -> RunModel:
+    """The model of a run folder written by `automl-broker run` or ``Broker.run``.
+
+    Raises:
+        InputError: the folder is not a run folder, or its job ended without a model.
+    """
+    from broker.models import load_saved_model
+    from broker.schema import Schema
+
+    run_dir = Path(run_dir)
+    schema_path = run_dir / "schema.json"
+    if not schema_path.is_file():
+        raise InputError(
+            f"{str(run_dir)!r} is not a run folder (schema.json is missing); pass the "
+            "folder that `automl-broker run` wrote"
+        )
+    result_path = run_dir / "result.json"
+    if not (run_dir / "model").is_dir() and result_path.is_file():
+        try:
+            result = json.loads(result_path.read_text(encoding="utf-8"))
+        except ValueError:
+            result = {}
+        error = result.get("error") or {}
+        raise InputError(
+            f"the job of {str(run_dir)!r} ended {result.get('state', 'unfinished')} "
+            f"without a model ({error.get('type', 'no detail')}: "
+            f"{error.get('message', '')}); run it again"
+        )
+    schema = Schema.from_dict(json.loads(schema_path.read_text(encoding="utf-8")))
+    return RunModel(schema, load_saved_model(run_dir / "model"))
 
 
 def predict_from_run(
@@ -38,29 +123,15 @@ def predict_from_run(
 
     from broker import intake
     from broker.metrics import compute_metrics
-    from broker.models import load_saved_model
-    from broker.schema import Schema
 
-    schema_path = run_dir / "schema.json"
-    if not schema_path.is_file():
-        raise InputError(
-            f"{str(run_dir)!r} is not a run folder (schema.json is missing); pass the "
-            "folder that `automl-broker run` wrote"
-        )
-    schema = Schema.from_dict(json.loads(schema_path.read_text(encoding="utf-8")))
+    run = load_run(run_dir)
+    schema = run.schema
     source = data if data is not None else run_dir / HOLDOUT_FILE
     if not source.is_file():
         raise InputError(f"no data to predict on: {str(source)!r} does not exist")
 
     frame, _ = intake.read_table(source)
-    missing = [name for name in schema.feature_names if name not in frame.columns]
-    if missing:
-        raise InputError(
-            f"the data lacks feature column(s) {missing} that the model was trained on"
-        )
-    model = load_saved_model(run_dir / "model")
-    features = intake.to_safe_frame(frame, schema, include_target=False)
-    raw = model.predict_proba(features) if schema.classes else model.predict(features)
+    raw = run.predict_proba(frame) if schema.classes else run.predict(frame)
 
     result = pd.DataFrame(index=frame.index)
     if schema.classes:

@@ -286,7 +286,7 @@ def test_automl_ensemble_off_takes_the_best_single_model() -> None:
 def test_local_run_folder_predict_reproduces_the_held_out_metrics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from broker.predict import predict_from_run
+    from broker.predict import load_run, predict_from_run
     from broker.runner import Broker
     from broker.spec import Budget, Constraints, JobSpec
     from broker.store import JobStore
@@ -324,6 +324,16 @@ def test_local_run_folder_predict_reproduces_the_held_out_metrics(
     units = result.cost.provider_units
     assert units["models"] == {"networks": 2, "classical": 4}
     assert sum(units["ensemble"]["weights"].values()) == pytest.approx(1.0)
+    # the SDK's run model takes the user's own column names, as the CLI does
+    run = load_run(tmp_path / "run")
+    holdout = pd.read_csv(tmp_path / "run" / "holdout.csv.gz")
+    written = pd.read_csv(again.path)
+    np.testing.assert_allclose(
+        run.predict_proba(holdout)[:, 1], written[f"proba_{run.schema.classes[1]}"]
+    )
+    assert list(run.predict(holdout)) == [str(v) for v in written["prediction"]]
+    network = run.best_network().predict_proba(holdout)
+    assert network.shape == (len(holdout), 2)
 
 
 def _resumable(folder: Path) -> tuple[SearchResult, ResumeState]:

@@ -706,3 +706,31 @@ def test_plan_local_rate_at_the_ceiling_is_used() -> None:
 
     assert plan.local_usd_per_hour == Decimal("100000")
     assert plan.candidates[0].quote.training_usd_high == Decimal("100000")
+
+
+def test_plan_explanation_says_why_a_preferred_dearer_provider_was_chosen() -> None:
+    catalog = Catalog.from_rows(
+        [row("sagemaker", "n-small", "r1", "3.60"), row("azure", "vm", "r1", "0.36")]
+    )
+    job = spec(budget={"max_runtime_s": 600}, constraints={"prefer": ["sagemaker"]})
+
+    text = plan_for(catalog, job).explanation()
+
+    assert text.startswith(
+        "Chose sagemaker n-small in r1: the first preferred provider"
+    )
+    # 600 s: $0.60 on sagemaker against $0.06 on azure
+    assert (
+        "- azure: feasible, best vm in r1 at $0.06 ($0.54 less, ranked later: "
+        "a preferred provider comes first)" in text
+    )
+
+
+def test_plan_explanation_names_the_only_feasible_provider() -> None:
+    catalog = Catalog.from_rows([row("azure", "vm", "r1", "0.36"), LOCAL])
+
+    text = plan_for(catalog, spec(), up=("local",)).explanation()
+
+    assert text.startswith(
+        "Chose local this-machine in local: the only feasible provider"
+    )

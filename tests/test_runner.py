@@ -303,6 +303,14 @@ def test_runner_bad_request_never_fails_over(tmp_path):
     assert [(a["provider"], a["state"]) for a in written["attempts"]] == [
         ("sagemaker", "failed")
     ]
+    from broker.errors import InputError
+    from broker.predict import load_run
+
+    with pytest.raises(
+        InputError,
+        match=r"ended failed without a model \(InvalidRequestError: target column",
+    ):
+        load_run(tmp_path / "run")
 
 
 def test_runner_max_usd_cancels_before_the_cap(tmp_path):
