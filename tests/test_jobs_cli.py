@@ -243,3 +243,15 @@ def test_logs_of_an_unknown_job_is_an_error(tmp_path, monkeypatch):
 
     assert result.exit_code == 2
     assert "job-nope" in result.output
+
+
+@pytest.mark.parametrize("command", [["list"], ["status", "job-x"], ["logs", "job-x"]])
+def test_jobs_cli_corrupt_store_is_one_error_line(home, command):
+    (home / "jobs.db").write_bytes(b"this is not a database, it only says so " * 200)
+
+    out = runner.invoke(make_app(), command)
+
+    assert out.exit_code == 2
+    assert "StoreError:" in out.output
+    assert "not a usable job store" in out.output
+    assert "Traceback" not in out.output

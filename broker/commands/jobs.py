@@ -81,7 +81,7 @@ def list_jobs(
             f"unknown state {state!r}; choose from {', '.join(known)}",
             param_hint="--state",
         )
-    store = _broker(config).store
+    store = _store(config)
 
     def render() -> tuple[RenderableType, bool]:
         jobs = _guarded(lambda: store.list_jobs(state=state, limit=limit))
@@ -99,7 +99,7 @@ def status(
     config: ConfigOpt = None,
 ) -> None:
     """Show one job: its state, lease, attempts, cost and result."""
-    store = _broker(config).store
+    store = _store(config)
 
     def render() -> tuple[RenderableType, bool]:
         record = _guarded(lambda: store.get(job_id))
@@ -120,7 +120,7 @@ def logs(
     """Show the job's history: every state change and recorded fact, oldest first."""
     import time
 
-    store = _broker(config).store
+    store = _store(config)
     _guarded(lambda: store.get(job_id))  # an unknown job is an error, not an empty log
     events = _guarded(lambda: store.events(job_id))
     console = _console()
@@ -342,6 +342,12 @@ def _default_broker(config_path: Path | None) -> Broker:
 def _broker(config_path: Path | None) -> Broker:
     make = _factory.get("make", _default_broker)
     return _guarded(lambda: make(config_path))
+
+
+def _store(config_path: Path | None) -> JobStore:
+    """The job store the config names, opened now so a broken file is one red line."""
+    broker = _broker(config_path)
+    return _guarded(lambda: broker.store)  # type: ignore[no-any-return]
 
 
 def _guarded(call: Callable[[], Any]) -> Any:
