@@ -100,9 +100,15 @@ def test_costs_cli_refuses_out_with_in_place(app: typer.Typer, tmp_path: Path) -
 
 
 def ledger(tmp_path: Path) -> Path:
-    """A store with $1.75 actual spend on 'research' and $9.00 on 'ops'."""
+    """A store with $1.75 actual spend on 'research', $9.00 on 'ops' and $0.003278 on
+    'local'."""
     store = JobStore(tmp_path / "jobs.db", clock=FakeClock())
-    for project, usd in (("research", "1.25"), ("research", "0.50"), ("ops", "9")):
+    for project, usd in (
+        ("research", "1.25"),
+        ("research", "0.50"),
+        ("ops", "9"),
+        ("local", "0.003278"),
+    ):
         job = store.create_job(
             spec={"usd": usd, "project": project},
             idempotency_key=f"{project}-{usd}",
@@ -150,17 +156,19 @@ def test_costs_cli_shows_spend_against_monthly_budget(
     }
     # research: $1.75 actual of its own $5.00 budget, $3.25 left, 35.0% used
     assert cells["research"] == ["2", "$4.00", "$1.75", "$5.00", "$3.25", "35.0%"]
-    # all projects together: $10.75 of the $8.00 budget, over by $2.75
+    # all projects together: $10.753278 of the $8.00 budget, over by $2.753278
     assert cells["(all projects)"] == [
-        "3",
-        "$6.00",
-        "$10.75",
+        "4",
         "$8.00",
-        "$-2.75",
+        "$10.753278",
+        "$8.00",
+        "$-2.753278",
         "134.4%",
     ]
     # ops has no budget of its own
     assert cells["ops"] == ["1", "$2.00", "$9.00", "-", "-", "-"]
+    # a local run's fraction of a cent is shown, not rounded to $0.00
+    assert cells["local"] == ["1", "$2.00", "$0.003278", "-", "-", "-"]
 
 
 def test_costs_cli_one_project_and_a_bad_month(

@@ -270,9 +270,12 @@ def _spend_row(
 
 
 def _usd(value: Any) -> str:
+    """Dollars with at least two decimals and every digit the ledger keeps beyond them,
+    so a local run's $0.0033 does not read as $0.00."""
     if value is None:
         return "-"
-    return f"${Decimal(value).quantize(Decimal('0.01'))}"
+    whole, _, fraction = f"{Decimal(value):f}".partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 # --- report ----------------------------------------------------------------------------
