@@ -245,6 +245,11 @@ def _check_field_counts(text: str, sep: str, expected: int, path: Path) -> None:
 
 def _read_bytes(path: Path) -> bytes:
     if not path.exists():
+        if path.is_absolute():
+            raise DataReadError(
+                f"data file {str(path)!r} does not exist; check the path (in a spec "
+                "file, a relative data path is read from the spec file's folder)"
+            )
         raise DataReadError(
             f"data file {str(path)!r} does not exist (looked for "
             f"{str(path.resolve())!r}); check the path, which is relative to the "

@@ -766,3 +766,20 @@ def test_to_safe_frame_reads_thousands_separators_in_holdout_rows() -> None:
 
     assert safe["x"].tolist()[:2] == [1234.5, 12.0]
     assert np.isnan(safe["x"].iloc[2])
+
+
+def test_spec_file_data_path_missing_names_the_spec_folder_rule(tmp_path: Path) -> None:
+    from broker.spec import JobSpec
+
+    (tmp_path / "specs").mkdir()
+    spec_path = tmp_path / "specs" / "job.yaml"
+    spec_path.write_text("data: data/adult.csv\ntarget: class\n")
+    spec = JobSpec.from_file(spec_path)
+
+    with pytest.raises(DataReadError) as caught:
+        read_table(Path(str(spec.data)))
+
+    message = str(caught.value)
+    assert str(tmp_path / "specs" / "data" / "adult.csv") in message
+    assert "read from the spec file's folder" in message
+    assert "current folder" not in message
