@@ -518,9 +518,12 @@ def run(
             progress.start()
         elif kind == "attempt":
             candidate = payload["candidate"]
-            bar["id"] = progress.add_task(
-                f"{candidate.provider}", total=1.0, detail="submitting"
-            )
+            # the machine and region tell apart two attempts on one provider
+            parts = [candidate.provider, candidate.machine]
+            if candidate.region and candidate.region != "local":
+                parts.append(candidate.region)
+            where = " ".join(str(part) for part in parts if part)
+            bar["id"] = progress.add_task(where, total=1.0, detail="submitting")
         elif kind == "status" and "id" in bar:
             status = payload["status"]
             done = status.progress if status.progress is not None else 0.0
