@@ -227,7 +227,8 @@ class Plan:
             if chosen.quote.is_local:
                 lines.append(
                     f"  Local runs are priced at ${self.local_usd_per_hour}/h, "
-                    f"the local rate (power and amortisation; set {LOCAL_RATE_ENV})."
+                    "the local rate (power and amortisation; config key "
+                    f"local_rate_usd_per_hour, else {LOCAL_RATE_ENV})."
                 )
             if chosen.quote.user_supplied:
                 lines.append(f"  Price is user-supplied ({chosen.quote.price_source}).")
