@@ -681,6 +681,29 @@ def test_store_spend_recorded_again_keeps_the_latest_figure(store: JobStore) -> 
     assert (entry.usd, store.spend("2026-01")) == (Decimal("0.41"), Decimal("0.41"))
 
 
+def test_store_finishing_an_attempt_again_records_only_its_new_cost(
+    store: JobStore, clock: FakeClock
+) -> None:
+    job_id = _new_job(store)
+    attempt_id = _new_attempt(store, job_id)
+    store.finish_attempt(attempt_id, state="succeeded", cost_usd=None)
+    clock.advance(5)
+
+    store.finish_attempt(attempt_id, state="succeeded", cost_usd=Decimal("0.006174"))
+    store.finish_attempt(attempt_id, state="succeeded", cost_usd=Decimal("0.006174"))
+    store.finish_attempt(attempt_id, state="succeeded", cost_usd=None)
+
+    kinds = [(e.kind, e.detail) for e in store.events(job_id) if "attempt_" in e.kind]
+    assert kinds[-2:] == [
+        ("attempt_finished", {"state": "succeeded", "cost_usd": None}),
+        ("attempt_cost", {"cost_usd": "0.006174"}),
+    ]
+    [attempt] = store.attempts(job_id)
+    assert attempt.cost_usd == Decimal("0.006174")
+    assert attempt.ended_at == T0  # the end is when it ended, not when it was priced
+    assert store.spend("2026-01") == Decimal("0.006174")
+
+
 def test_store_spend_totals_by_month_and_project(
     store: JobStore, clock: FakeClock
 ) -> None:

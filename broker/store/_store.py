@@ -509,8 +509,8 @@ class JobStore:
 
         A cost is also written to the spend ledger as the attempt's actual cost. A
         detached attempt may be finished again once it is found; an attempt that
-        ended in a final state keeps it (finishing it again in the same state only
-        updates the cost).
+        ended in a final state keeps it: finishing it again in the same state only
+        records a new cost, as an ``attempt_cost`` event, and is silent otherwise.
 
         Args:
             attempt_id: The attempt.
@@ -541,6 +541,25 @@ class JobStore:
                     f"attempt {attempt_id} already ended {old.value!r}; it cannot "
                     f"end again as {new.value!r}"
                 )
+            if old.terminal:
+                # Finished already (the end is seen at a poll, the cost once the
+                # result is in): only a new cost is recorded, as its own event.
+                if cost_text is not None and cost_text != attempt["cost_usd"]:
+                    conn.execute(
+                        "UPDATE attempts SET cost_usd = ? WHERE attempt_id = ?",
+                        (cost_text, attempt_id),
+                    )
+                    self._upsert_spend(conn, attempt, "actual", cost_text, "USD", now)
+                    self._touch(conn, attempt["job_id"], now)
+                    self._event(
+                        conn,
+                        attempt["job_id"],
+                        "attempt_cost",
+                        attempt_id=attempt_id,
+                        detail={"cost_usd": cost_text},
+                        at=now,
+                    )
+                return attempt_from_row(self._attempt_row(conn, attempt_id))
             conn.execute(
                 "UPDATE attempts SET state = ?, ended_at = ?, "
                 "cost_usd = COALESCE(?, cost_usd) WHERE attempt_id = ?",
