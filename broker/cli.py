@@ -371,7 +371,7 @@ def _shown_warnings() -> Iterator[None]:
     default format with a source line."""
     import warnings
 
-    from broker.errors import BrokerWarning, StalePriceWarning
+    from broker.errors import BrokerWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BrokerWarning)
@@ -379,28 +379,13 @@ def _shown_warnings() -> Iterator[None]:
             yield
         finally:
             seen: set[str] = set()
-            stale: list[str] = []
             for item in caught:
-                if item.category is StalePriceWarning:
-                    stale.append(str(item.message))
-                    continue
                 text = f"{item.category.__name__}: {item.message}"
                 if text not in seen:
                     seen.add(text)
                     err_console.print(
                         f"[yellow]warning:[/] {escape(text)}", highlight=False
                     )
-            if stale:
-                # Catalogs of one date warn alike; show the first and name the others.
-                more = [
-                    m.split(" was retrieved", 1)[0].rsplit("/", 1)[-1] for m in stale
-                ]
-                text = f"StalePriceWarning: {stale[0]}"
-                if len(stale) > 1:
-                    text += f" (also: {', '.join(sorted(set(more[1:])))})"
-                err_console.print(
-                    f"[yellow]warning:[/] {escape(text)}", highlight=False
-                )
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -266,10 +266,9 @@ def load_catalog(
     sources: list[CatalogSource] = []
     for path in files:
         file_rows = read_csv(path)
-        source = _source_of(str(path), file_rows)
-        _warn_if_stale(source, max_age, today)
         rows.extend(file_rows)
-        sources.append(source)
+        sources.append(_source_of(str(path), file_rows))
+    _warn_if_stale(sources, max_age, today)
     catalog = _fill_this_machine(Catalog(rows, sources))
 
     override = override or env.get(PRICES_ENV) or None
@@ -540,19 +539,36 @@ def _source_of(path: str, rows: list[PriceRow]) -> CatalogSource:
     return CatalogSource(path, min(dates) if dates else None, len(rows))
 
 
-def _warn_if_stale(source: CatalogSource, max_age_days: int, today: date) -> None:
-    if source.retrieved is None:
+def _warn_if_stale(
+    sources: list[CatalogSource], max_age_days: int, today: date
+) -> None:
+    """One warning naming every catalog file older than `max_age_days`, files of one
+    date together."""
+    by_date: dict[date, list[str]] = {}
+    for source in sources:
+        age = None if source.retrieved is None else (today - source.retrieved).days
+        if source.retrieved is not None and age is not None and age > max_age_days:
+            by_date.setdefault(source.retrieved, []).append(source.path)
+    if not by_date:
         return
-    age_days = (today - source.retrieved).days
-    if age_days > max_age_days:
-        warnings.warn(
-            f"price catalog {source.path} was retrieved on "
-            f"{source.retrieved.isoformat()}, {age_days} days ago (more than "
-            f"{max_age_days}); estimates may be off: supply current prices with "
-            f"{PRICES_ENV}=FILE or raise {MAX_AGE_ENV}",
-            StalePriceWarning,
-            stacklevel=3,
+    parts = []
+    for retrieved, paths in sorted(by_date.items()):
+        if len(paths) == 1:
+            names = f"{paths[0]} was"
+        else:
+            folder = os.path.commonpath([str(Path(p).parent) for p in paths])
+            names = f"{', '.join(Path(p).name for p in paths)} (in {folder}) were"
+        parts.append(
+            f"{names} retrieved on {retrieved.isoformat()}, "
+            f"{(today - retrieved).days} days ago"
         )
+    warnings.warn(
+        f"price catalog {'; '.join(parts)} (more than {max_age_days}); estimates may "
+        f"be off: run `automl-broker pricing refresh`, supply current prices with "
+        f"{PRICES_ENV}=FILE, or raise {MAX_AGE_ENV}",
+        StalePriceWarning,
+        stacklevel=3,
+    )
 
 
 def _max_age(max_age_days: int | None, env: Mapping[str, str]) -> int:

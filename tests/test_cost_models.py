@@ -451,3 +451,17 @@ def test_parse_row_price_at_the_ceiling_is_kept() -> None:
     )
 
     assert row.usd_per_hour == Decimal("100000")
+
+
+def test_load_catalog_warns_once_for_every_stale_file_of_a_date() -> None:
+    files = [CATALOG_DIR / name for name in ("aws.csv", "azure.csv", "vertex.csv")]
+
+    with pytest.warns(StalePriceWarning) as caught:
+        load_catalog(files, today=date(2025, 6, 2), env={})
+
+    [warning] = caught
+    assert (
+        f"aws.csv, azure.csv, vertex.csv (in {CATALOG_DIR}) were retrieved on "
+        "2024-06-01, 366 days ago (more than 180)" in str(warning.message)
+    )
+    assert "automl-broker pricing refresh" in str(warning.message)
