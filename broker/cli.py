@@ -593,7 +593,8 @@ def predict(
     from broker.predict import predict_from_run
 
     try:
-        outcome = predict_from_run(run_dir, data, out)
+        with _shown_warnings():
+            outcome = predict_from_run(run_dir, data, out)
     except BrokerError as exc:
         _fail(exc)
         return
