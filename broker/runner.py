@@ -1399,9 +1399,16 @@ class Broker:
         if not (attempt.states and attempt.states[-1].terminal):
             attempt.charged_usd = self._charged(attempt, exc)
             self._move(attempt, JobState.FAILED)
+        self._withdraw_quote(attempt)
         error = {"type": type(exc).__name__, "message": str(exc)}
         self.store.set_result(job_id, {"error": error})
         self.store.transition(job_id, JobState.FAILED, error=error)
+
+    def _withdraw_quote(self, attempt: _Attempt) -> None:
+        """An attempt the provider refused before creating anything will never cost its
+        quote: the ledger's quoted figure for it drops to zero."""
+        if attempt.ref is None:
+            self.store.record_spend(attempt.attempt_id, kind="quote", usd=Decimal(0))
 
     def _record_failover(
         self, job_id: str, attempt: _Attempt, exc: BrokerError
@@ -1420,6 +1427,7 @@ class Broker:
         if not (attempt.states and attempt.states[-1].terminal):
             attempt.charged_usd = self._charged(attempt, exc)
             self._move(attempt, JobState.FAILED)
+        self._withdraw_quote(attempt)
         self.store.record_failover(
             job_id, attempt.attempt_id, record.model_dump(mode="json")
         )

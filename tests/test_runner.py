@@ -489,6 +489,10 @@ def test_runner_every_candidate_failing_leaves_the_story_in_the_run_folder(tmp_p
         ("sagemaker", "failed"),
         ("local", "failed"),
     ]
+    # neither provider created anything, so nothing stays quoted for the month
+    month = FakeClock().now().strftime("%Y-%m")
+    assert broker.store.spend(month, kind="quote") == Decimal("0")
+    assert broker.store.spend(month) == Decimal("0")
 
 
 def replace_provider(error: QuotaExceededError, provider: str) -> QuotaExceededError:
