@@ -1,4 +1,5 @@
-"""Gradient-boosted trees of the local backend: encoding, array export, time cap."""
+"""The local backend's classical stage: boosted trees (encoding, array export), the
+order and time cap of all configurations, and loading every kind back."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from broker.errors import ConfigurationError
 from broker.local.classical import (
     CONFIGS,
+    ClassicalConfig,
     ClassicalExportError,
     ColumnCodes,
     GradientBoostingModel,
@@ -119,7 +121,7 @@ def test_classical_saved_model_is_plain_arrays_and_predicts_the_same(
         categorical=categorical,
         seed=0,
         time_cap_s=60,
-        configs={"hgb-default": {}},
+        configs={"hgb-default": CONFIGS["hgb-default"]},
     )
     model = run.fits[0].model
 
@@ -166,7 +168,7 @@ def test_classical_class_missing_from_training_rows_gets_probability_zero() -> N
         categorical=[],
         seed=0,
         time_cap_s=60,
-        configs={"hgb-default": {}},
+        configs={"hgb-default": CONFIGS["hgb-default"]},
     )
     proba = run.fits[0].validation_output
 
@@ -245,7 +247,7 @@ def test_classical_one_class_in_the_training_rows_fits_nothing() -> None:
 
     assert run.fits == []
     assert run.notes == [
-        "the boosting models were not fitted: the training rows hold one class"
+        "the classical models were not fitted: the training rows hold one class"
     ]
 
 
@@ -258,5 +260,170 @@ def test_classical_extract_trees_without_the_private_attributes_is_our_error() -
 
 
 def test_classical_load_of_a_missing_folder_names_it(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match=r"cannot read a saved boosting model"):
+    with pytest.raises(
+        ConfigurationError, match=r"cannot read a saved classical model"
+    ):
         load_classical(tmp_path / "absent")
+
+
+def test_classical_stage_fits_every_kind_in_order_on_the_same_rows() -> None:
+    frame, y, numeric, categorical = _real_table("binary")
+
+    run = fit_classical(
+        frame.iloc[:400],
+        y[:400],
+        frame.iloc[400:],
+        task="binary",
+        classes=[0, 1],
+        numeric=numeric,
+        categorical=categorical,
+        seed=0,
+        time_cap_s=60,
+    )
+
+    # the fastest informative kinds first, then the slower boosting configurations
+    assert [(f.name, f.algorithm) for f in run.fits] == [
+        ("hgb-default", "hist_gradient_boosting"),
+        ("linear-l2", "linear"),
+        ("extra-trees", "extra_trees"),
+        ("linear-l2-strong", "linear"),
+        ("hgb-slow", "hist_gradient_boosting"),
+        ("extra-trees-leaf5", "extra_trees"),
+        ("hgb-wide", "hist_gradient_boosting"),
+        ("hgb-l2", "hist_gradient_boosting"),
+    ]
+    assert {f.validation_output.shape for f in run.fits} == {(169, 2)}
+    assert run.fits[2].iterations == 300  # trees grown
+    assert run.skipped == [] and run.notes == []
+
+
+def test_classical_stage_is_seeded() -> None:
+    frame, y, numeric, categorical = _real_table("multiclass")
+    configs = {k: CONFIGS[k] for k in ("linear-l2", "extra-trees")}
+
+    def outputs() -> list[np.ndarray]:
+        run = fit_classical(
+            frame.iloc[:120],
+            y[:120],
+            frame.iloc[120:],
+            task="multiclass",
+            classes=[0, 1, 2],
+            numeric=numeric,
+            categorical=categorical,
+            seed=3,
+            time_cap_s=60,
+            configs=configs,
+        )
+        return [f.validation_output for f in run.fits]
+
+    first, second = outputs(), outputs()
+
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_classical_forest_stops_growing_when_the_job_is_cancelled() -> None:
+    frame, y, numeric, categorical = _real_table("regression")
+    answers = iter([False, True])  # the start check passes; the growth check stops
+
+    run = fit_classical(
+        frame,
+        y.astype(float),
+        frame,
+        task="regression",
+        classes=[],
+        numeric=numeric,
+        categorical=categorical,
+        seed=0,
+        time_cap_s=60,
+        configs={"extra-trees": CONFIGS["extra-trees"]},
+        should_stop=lambda: next(answers, True),
+    )
+
+    # one step of 100 trees was grown and kept, with its validation output
+    assert [f.iterations for f in run.fits] == [100]
+    assert run.fits[0].validation_output.shape == (len(frame),)
+    assert run.notes == [
+        "extra-trees: 100 of 300 trees were grown; the job was cancelled"
+    ]
+
+
+def test_classical_config_with_an_unknown_algorithm_is_refused() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"unknown classical algorithm 'svm'; use one of"
+    ):
+        ClassicalConfig("svm", {})
+
+
+def test_classical_load_of_another_format_names_the_known_ones(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "model.json").write_text(json.dumps({"format": "torch-tabular"}))
+
+    with pytest.raises(
+        ConfigurationError,
+        match=r"format 'torch-tabular', not one of \['hist-gradient-boosting', "
+        r"'linear', 'extra-trees'\]",
+    ):
+        load_classical(tmp_path)
+
+
+def test_classical_every_kind_joins_the_saved_ensemble_and_loads_without_pickle(
+    tmp_path: Path,
+) -> None:
+    from broker.local.export import EnsembleMember, LocalEnsembleModel
+    from broker.models import load_saved_model
+
+    frame, y, numeric, categorical = _real_table("multiclass")
+    names = ("hgb-default", "linear-l2", "extra-trees")
+    run = fit_classical(
+        frame.iloc[:140],
+        y[:140],
+        frame.iloc[140:],
+        task="multiclass",
+        classes=["c0", "c1", "c2"],
+        numeric=numeric,
+        categorical=categorical,
+        seed=0,
+        time_cap_s=60,
+        configs={k: CONFIGS[k] for k in names},
+    )
+    model = LocalEnsembleModel(
+        task="multiclass",
+        classes=["c0", "c1", "c2"],
+        members=[
+            EnsembleMember(
+                name=f.name,
+                kind="classical",
+                algorithm=f.algorithm,
+                weight=weight,
+                validation=None,
+                model=f.model,
+            )
+            for f, weight in zip(run.fits, (0.5, 0.25, 0.25), strict=True)
+        ],
+    )
+    test = frame.iloc[140:].copy()
+    test.iloc[0, test.columns.get_loc("band")] = "q9"  # a category never seen
+
+    loaded = load_saved_model(model.save(tmp_path / "model"))
+
+    expected = (
+        0.5 * run.fits[0].validation_output
+        + 0.25 * run.fits[1].validation_output
+        + 0.25 * run.fits[2].validation_output
+    )
+    np.testing.assert_allclose(
+        loaded.predict_proba(frame.iloc[140:]), expected, rtol=0, atol=1e-12
+    )
+    np.testing.assert_array_equal(loaded.predict_proba(test), model.predict_proba(test))
+    members = json.loads((tmp_path / "model" / "model.json").read_text())["members"]
+    assert [(m["kind"], m["algorithm"]) for m in members] == [
+        ("classical", "hist_gradient_boosting"),
+        ("classical", "linear"),
+        ("classical", "extra_trees"),
+    ]
+    stored = sorted(p.name for p in (tmp_path / "model").rglob("*") if p.is_file())
+    assert stored == sorted(
+        ["model.json"] * 4 + ["trees.npz", "coefficients.npz", "forest.npz"]
+    )

@@ -208,7 +208,11 @@ def test_automl_fits_networks_and_trees_on_the_same_validation_rows(
     assert [c.kind for c in candidates].count("network") == len(automl.trials) == 2
     assert [c.name for c in candidates if c.kind == "classical"] == [
         "hgb-default",
+        "linear-l2",
+        "extra-trees",
+        "linear-l2-strong",
         "hgb-slow",
+        "extra-trees-leaf5",
         "hgb-wide",
         "hgb-l2",
     ]
@@ -317,12 +321,12 @@ def test_local_run_folder_predict_reproduces_the_held_out_metrics(
 
     assert result.state == "succeeded"
     algorithms = {e.algorithm for e in result.leaderboard}
-    assert {"mlp", "hist_gradient_boosting"} <= algorithms
+    assert {"mlp", "hist_gradient_boosting", "linear", "extra_trees"} <= algorithms
     assert result.leaderboard[0].model_id == result.best_model_id
     assert again.metrics is not None
     assert again.metrics.values == result.holdout_metrics
     units = result.cost.provider_units
-    assert units["models"] == {"networks": 2, "classical": 4}
+    assert units["models"] == {"networks": 2, "classical": 8}
     assert sum(units["ensemble"]["weights"].values()) == pytest.approx(1.0)
     # the SDK's run model takes the user's own column names, as the CLI does
     run = load_run(tmp_path / "run")
@@ -381,7 +385,7 @@ def test_automl_resumed_search_keeps_the_checkpointed_network_and_refits_trees(
     # the resumed trials keep only the checkpointed best's weights; 3 and 4 are new
     networks = {c.name for c in resumed.candidates() if c.kind == "network"}
     assert networks == {f"trial-{resume.checkpoint_trial}", "trial-3", "trial-4"}
-    assert resumed.classical is not None and len(resumed.classical.fits) == 4
+    assert resumed.classical is not None and len(resumed.classical.fits) == 8
 
 
 def test_automl_resumed_without_budget_is_the_checkpointed_network_alone(

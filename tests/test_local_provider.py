@@ -153,7 +153,7 @@ def test_local_provider_runs_three_trials_to_succeeded(tmp_path: Path) -> None:
     by_algorithm: dict[str, list[str]] = {}
     for entry in result.leaderboard:
         by_algorithm.setdefault(entry.algorithm, []).append(entry.model_id)
-    # three network trials and the four boosting configurations (tiny data: seconds)
+    # three network trials and the eight classical configurations (tiny data: seconds)
     assert sorted(by_algorithm["mlp"]) == ["trial-1", "trial-2", "trial-3"]
     assert sorted(by_algorithm["hist_gradient_boosting"]) == [
         "hgb-default",
@@ -161,7 +161,15 @@ def test_local_provider_runs_three_trials_to_succeeded(tmp_path: Path) -> None:
         "hgb-slow",
         "hgb-wide",
     ]
-    assert set(by_algorithm) <= {"mlp", "hist_gradient_boosting", "ensemble"}
+    assert sorted(by_algorithm["linear"]) == ["linear-l2", "linear-l2-strong"]
+    assert sorted(by_algorithm["extra_trees"]) == ["extra-trees", "extra-trees-leaf5"]
+    assert set(by_algorithm) <= {
+        "mlp",
+        "hist_gradient_boosting",
+        "linear",
+        "extra_trees",
+        "ensemble",
+    }
     assert _alive(ref) == []
 
 

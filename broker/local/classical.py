@@ -1,11 +1,14 @@
-"""Gradient-boosted trees beside the network search, kept as plain arrays.
+"""Classical models beside the network search, kept as plain arrays.
 
-The local backend fits scikit-learn's histogram gradient boosting on the rows the
-network search trains on and scores it on the same validation rows, with a few seeded
-configurations, before the first network trial. Each fitted model is turned into a
-:class:`GradientBoostingModel`: its trees as node arrays, its baseline and its column
-encoding, predicted by a vectorised numpy walk. The model is saved as JSON and an
-``.npz`` of plain arrays, so loading it runs no stored code and needs no scikit-learn.
+The local backend fits a few seeded configurations of three kinds of model on the rows
+the network search trains on, scores them on the same validation rows, and does so
+before the first network trial, within a time cap: scikit-learn's histogram gradient
+boosting (this module), regularised linear models (:mod:`broker.local.linear`) and
+extremely randomised trees (:mod:`broker.local.forest`). Each fitted model is turned
+into arrays with its column encoding and predicted with numpy: here a
+:class:`GradientBoostingModel`, its trees as node arrays and its baseline, predicted by
+a vectorised walk. Every model is saved as JSON and an ``.npz`` of plain arrays, so
+loading it runs no stored code and needs no scikit-learn (:func:`load_classical`).
 
 Columns are read as one numeric matrix: numeric columns as they are (missing values
 stay NaN; the trees route them), categorical columns as integer codes in the order of
@@ -39,12 +42,47 @@ FORMAT_VERSION = 1
 ALGORITHM = "hist_gradient_boosting"
 TREES_FILE = "trees.npz"
 
-# Seeded configurations, fitted in this order while the time cap allows.
-CONFIGS: dict[str, dict[str, Any]] = {
-    "hgb-default": {},
-    "hgb-slow": {"learning_rate": 0.05, "max_iter": 500},
-    "hgb-wide": {"learning_rate": 0.05, "max_iter": 300, "max_leaf_nodes": 127},
-    "hgb-l2": {"l2_regularization": 10.0, "max_iter": 300},
+LINEAR = "linear"
+EXTRA_TREES = "extra_trees"
+ALGORITHMS = (ALGORITHM, LINEAR, EXTRA_TREES)
+
+
+@dataclass(frozen=True)
+class ClassicalConfig:
+    """One seeded configuration of the classical stage.
+
+    Args:
+        algorithm: "hist_gradient_boosting", "linear" or "extra_trees".
+        params: the estimator's parameters (for linear models ``C``, the inverse
+            regularisation strength; ridge regression uses alpha = 1/C).
+    """
+
+    algorithm: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigurationError(
+                f"unknown classical algorithm {self.algorithm!r}; use one of "
+                f"{list(ALGORITHMS)}"
+            )
+
+
+# Seeded configurations, fitted in this order while the time cap allows: the fastest
+# informative ones first.
+CONFIGS: dict[str, ClassicalConfig] = {
+    "hgb-default": ClassicalConfig(ALGORITHM),
+    "linear-l2": ClassicalConfig(LINEAR, {"C": 1.0}),
+    "extra-trees": ClassicalConfig(EXTRA_TREES, {"n_estimators": 300}),
+    "linear-l2-strong": ClassicalConfig(LINEAR, {"C": 0.1}),
+    "hgb-slow": ClassicalConfig(ALGORITHM, {"learning_rate": 0.05, "max_iter": 500}),
+    "extra-trees-leaf5": ClassicalConfig(
+        EXTRA_TREES, {"n_estimators": 300, "min_samples_leaf": 5}
+    ),
+    "hgb-wide": ClassicalConfig(
+        ALGORITHM, {"learning_rate": 0.05, "max_iter": 300, "max_leaf_nodes": 127}
+    ),
+    "hgb-l2": ClassicalConfig(ALGORITHM, {"l2_regularization": 10.0, "max_iter": 300}),
 }
 # Below these sizes the trees' own early-stopping split is too small to trust; the
 # configurations then run at most this many iterations.
@@ -257,7 +295,74 @@ def _joined(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
     return np.concatenate([np.asarray(p) for p in parts]).astype(dtype)
 
 
-class GradientBoostingModel:
+class ArrayModel:
+    """What the classical models share: predictions from a frame through their own
+    numeric matrix, and class outputs placed in the job's class order.
+
+    Subclasses implement :meth:`matrix`, :meth:`output_from_matrix` and :meth:`save`
+    and keep their configuration name and parameters in `metadata`.
+
+    Args:
+        task: "binary", "multiclass" or "regression".
+        classes: the job's class labels in output order (empty for regression).
+        class_columns: for each class the model saw, the index in `classes` it scores.
+    """
+
+    metadata: dict[str, Any]
+
+    def __init__(
+        self, *, task: str, classes: list[Any], class_columns: list[int]
+    ) -> None:
+        self.task = task
+        self._classes = list(classes)
+        self.class_columns = list(class_columns)
+
+    @property
+    def classes(self) -> list[Any] | None:
+        return None if self.task == "regression" else list(self._classes)
+
+    def matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """The model's numeric matrix of `frame`."""
+        raise NotImplementedError
+
+    def output_from_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (n, k) or values (n,) from :meth:`matrix`'s output."""
+        raise NotImplementedError
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the model's model.json and arrays into `folder`; return it."""
+        raise NotImplementedError
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class probabilities (n, k) in `classes` order.
+
+        Raises:
+            InputError: the model is a regression model.
+            ColumnNotFoundError: a feature is missing from `frame`.
+        """
+        if self.task == "regression":
+            raise InputError(
+                "predict_proba is for classification models; this model does "
+                "regression, call predict instead"
+            )
+        return self.output_from_matrix(self.matrix(frame))
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class labels (n,) for classification, target values (n,) for regression."""
+        output = self.output_from_matrix(self.matrix(frame))
+        if self.task == "regression":
+            return output
+        labels = np.asarray(self._classes, dtype=object)
+        return labels[output.argmax(axis=1)]
+
+    def place_classes(self, present: np.ndarray) -> np.ndarray:
+        """(n, classes seen) probabilities -> (n, k) in the job's class order."""
+        proba = np.zeros((len(present), len(self._classes)), dtype=np.float64)
+        proba[:, self.class_columns] = present
+        return proba
+
+
+class GradientBoostingModel(ArrayModel):
     """A fitted boosting model as arrays, with its column encoding.
 
     Frames passed in use the features' safe names; extra columns are ignored.
@@ -282,41 +387,17 @@ class GradientBoostingModel:
         trees: TreeArrays,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        self.task = task
-        self._classes = list(classes)
-        self.class_columns = list(class_columns)
+        super().__init__(task=task, classes=classes, class_columns=class_columns)
         self.codes = codes
         self.trees = trees
         self.metadata = dict(metadata or {})
 
     @property
-    def classes(self) -> list[Any] | None:
-        return None if self.task == "regression" else list(self._classes)
-
-    @property
     def feature_names(self) -> list[str]:
         return self.codes.feature_names
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        """Class probabilities (n, k) in `classes` order.
-
-        Raises:
-            InputError: the model is a regression model.
-        """
-        if self.task == "regression":
-            raise InputError(
-                "predict_proba is for classification models; this model does "
-                "regression, call predict instead"
-            )
-        return self.output_from_matrix(self.codes.transform(frame))
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Class labels (n,) for classification, target values (n,) for regression."""
-        output = self.output_from_matrix(self.codes.transform(frame))
-        if self.task == "regression":
-            return output
-        labels = np.asarray(self._classes, dtype=object)
-        return labels[output.argmax(axis=1)]
+    def matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.codes.transform(frame)
 
     def output_from_matrix(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (n, k) or values (n,) from the encoded matrix."""
@@ -327,12 +408,8 @@ class GradientBoostingModel:
             return raw[:, 0]
         if raw.shape[1] == 1:  # two classes: one score for the second one
             positive = expit(raw[:, 0])
-            present = np.stack([1.0 - positive, positive], axis=1)
-        else:
-            present = softmax(raw, axis=1)
-        proba = np.zeros((len(x), len(self._classes)), dtype=np.float64)
-        proba[:, self.class_columns] = present
-        return proba
+            return self.place_classes(np.stack([1.0 - positive, positive], axis=1))
+        return self.place_classes(softmax(raw, axis=1))
 
     def save(self, folder: str | Path) -> Path:
         """Write model.json and trees.npz (plain arrays) into `folder`; return it."""
@@ -357,15 +434,37 @@ class GradientBoostingModel:
         return folder
 
 
-def load_classical(path: str | Path) -> GradientBoostingModel:
-    """Load a model saved by :meth:`GradientBoostingModel.save`, reading arrays only.
+def load_classical(path: str | Path) -> ArrayModel:
+    """Load a model saved by a classical model's ``save``, reading arrays only.
+
+    The folder's model.json names the format: "hist-gradient-boosting", "linear" or
+    "extra-trees".
 
     Raises:
         ConfigurationError: the folder is not such a model or a file is unreadable.
     """
+    from broker.local import forest, linear
+
     folder = Path(path)
     try:
         model_json = json.loads((folder / "model.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"cannot read a saved classical model from {str(folder)!r}: {exc}; point "
+            f"at a member folder of the run's model folder"
+        ) from None
+
+    fmt = model_json.get("format")
+    if fmt == linear.MODEL_FORMAT:
+        return linear.load_linear(folder, model_json)
+    if fmt == forest.MODEL_FORMAT:
+        return forest.load_forest(folder, model_json)
+    if fmt != MODEL_FORMAT:
+        formats = [MODEL_FORMAT, linear.MODEL_FORMAT, forest.MODEL_FORMAT]
+        raise ConfigurationError(
+            f"{str(folder)!r} holds a model of format {fmt!r}, not one of {formats}"
+        )
+    try:
         with np.load(folder / TREES_FILE, allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in stored.files}
         trees = TreeArrays(**arrays)
@@ -374,11 +473,6 @@ def load_classical(path: str | Path) -> GradientBoostingModel:
             f"cannot read a saved boosting model from {str(folder)!r}: {exc}; point "
             f"at a member folder of the run's model folder"
         ) from None
-    if model_json.get("format") != MODEL_FORMAT:
-        raise ConfigurationError(
-            f"{str(folder)!r} holds a model of format {model_json.get('format')!r}, "
-            f"not {MODEL_FORMAT!r}"
-        )
     return GradientBoostingModel(
         task=str(model_json["task"]),
         classes=list(model_json["classes"]),
@@ -395,11 +489,12 @@ class ClassicalFit:
 
     name: str
     params: dict[str, Any]
-    model: GradientBoostingModel
+    model: ArrayModel
     validation_output: np.ndarray
     training_time_s: float
-    iterations: int
+    iterations: int  # boosting iterations, solver iterations or trees
     score: float = math.nan
+    algorithm: str = ALGORITHM
 
 
 @dataclass
@@ -410,6 +505,53 @@ class ClassicalRun:
     skipped: list[str] = field(default_factory=list)  # configurations not started
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+
+
+@dataclass
+class _StageRows:
+    """The classical stage's rows, encoded once per kind of model on first use."""
+
+    fit_frame: pd.DataFrame
+    val_frame: pd.DataFrame
+    y_fit: np.ndarray
+    task: str
+    classes: list[Any]
+    codes: ColumnCodes
+    x_fit: np.ndarray
+    x_val: np.ndarray
+    seed: int
+    threads: int
+    _linear: tuple[Any, np.ndarray, np.ndarray] | None = None
+    _filled: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def linear(self) -> tuple[Any, np.ndarray, np.ndarray]:
+        """The linear encoding and the design matrices of the fit and validation
+        rows."""
+        from broker.local.linear import LinearEncoding
+
+        if self._linear is None:
+            encoding = LinearEncoding.fit(
+                self.fit_frame, self.codes.numeric, list(self.codes.categorical)
+            )
+            self._linear = (
+                encoding,
+                encoding.transform(self.fit_frame),
+                encoding.transform(self.val_frame),
+            )
+        return self._linear
+
+    def filled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The trees' fill values and the filled fit and validation matrices."""
+        from broker.local.forest import fill_missing, fill_values
+
+        if self._filled is None:
+            fill = fill_values(self.x_fit, self.codes)
+            self._filled = (
+                fill,
+                fill_missing(self.x_fit, fill),
+                fill_missing(self.x_val, fill),
+            )
+        return self._filled
 
 
 def fit_classical(
@@ -423,26 +565,28 @@ def fit_classical(
     categorical: list[str],
     seed: int,
     time_cap_s: float,
-    configs: dict[str, dict[str, Any]] | None = None,
+    configs: dict[str, ClassicalConfig] | None = None,
     clock: Callable[[], float] = time.monotonic,
     should_stop: Callable[[], bool] | None = None,
     threads: int | None = None,
 ) -> ClassicalRun:
-    """Fit the boosting configurations in order until the time cap is spent.
+    """Fit the classical configurations in order until the time cap is spent.
 
     Args:
         fit_frame: the rows the network search trains on (safe names).
         y_fit: their targets: class indices into `classes`, or values for regression.
         val_frame: the validation rows; each model's output on them is kept.
         time_cap_s: no configuration starts once this many seconds have passed; a
-            configuration running then finishes.
-        configs: name -> parameters; default :data:`CONFIGS`.
+            boosting or linear configuration running then finishes, a forest stops
+            growing trees.
+        configs: name -> configuration; default :data:`CONFIGS`.
         clock: monotonic seconds (a seam for tests).
         should_stop: when it returns True no further configuration starts (the job
             was cancelled).
-        threads: OpenMP threads for fitting; default half the cores (at least one).
-            More threads than free cores make OpenMP's waiting threads spin, which
-            slows fitting by orders of magnitude on a busy machine.
+        threads: OpenMP, BLAS and forest threads for fitting; default half the cores
+            (at least one). More threads than free cores make OpenMP's waiting
+            threads spin, which slows fitting by orders of magnitude on a busy
+            machine.
 
     Returns:
         The fitted configurations, those skipped for time, and notes.
@@ -452,55 +596,163 @@ def fit_classical(
     configs = CONFIGS if configs is None else configs
     started = clock()
     codes = ColumnCodes.fit(fit_frame, numeric, categorical)
-    x_fit = codes.transform(fit_frame)
-    x_val = codes.transform(val_frame)
+    rows = _StageRows(
+        fit_frame=fit_frame,
+        val_frame=val_frame,
+        y_fit=np.asarray(y_fit),
+        task=task,
+        classes=list(classes),
+        codes=codes,
+        x_fit=codes.transform(fit_frame),
+        x_val=codes.transform(val_frame),
+        seed=seed,
+        threads=threads or _default_threads(),
+    )
     run = ClassicalRun()
 
-    present = sorted(set(np.asarray(y_fit).tolist())) if task != "regression" else []
+    present = sorted(set(rows.y_fit.tolist())) if task != "regression" else []
     if task != "regression" and len(present) < 2:
         run.notes.append(
-            "the boosting models were not fitted: the training rows hold one class"
+            "the classical models were not fitted: the training rows hold one class"
         )
         return run
 
-    for name, params in configs.items():
-        # TODO(local-classical-cap): a configuration that starts just before the cap
-        # runs to its end; fitting in chunks with warm_start would let it stop there.
-        if clock() - started >= time_cap_s or (should_stop and should_stop()):
+    def in_time() -> bool:
+        stopped = should_stop is not None and should_stop()
+        return clock() - started < time_cap_s and not stopped
+
+    for name, config in configs.items():
+        # TODO(local-classical-cap): a boosting or linear configuration that starts
+        # just before the cap runs to its end; fitting boosting in chunks with
+        # warm_start would let it stop there, as the forests do.
+        if not in_time():
             run.skipped.append(name)
             continue
         t0 = clock()
-        estimator = _estimator(task, params, seed, y_fit)
-        with threadpool_limits(limits=threads or _default_threads(), user_api="openmp"):
-            estimator.fit(x_fit, y_fit)
-        model = GradientBoostingModel(
-            task=task,
-            classes=classes,
-            class_columns=[int(c) for c in getattr(estimator, "classes_", [])],
-            codes=codes,
-            trees=extract_trees(estimator),
-            metadata={"name": name, "params": params},
-        )
-        fit = ClassicalFit(
-            name=name,
-            params=dict(params),
-            model=model,
-            validation_output=model.output_from_matrix(x_val),
-            training_time_s=clock() - t0,
-            iterations=int(estimator.n_iter_),
-        )
+        with threadpool_limits(limits=rows.threads):
+            fit = _FITTERS[config.algorithm](name, config, rows, in_time)
+        fit.training_time_s = clock() - t0
         run.fits.append(fit)
         logger.info(
-            "%s: %d iterations in %.1fs", name, fit.iterations, fit.training_time_s
+            "%s (%s): %d iterations in %.1fs",
+            name,
+            fit.algorithm,
+            fit.iterations,
+            fit.training_time_s,
         )
+        wanted = config.params.get("n_estimators")
+        if fit.algorithm == EXTRA_TREES and wanted and fit.iterations < int(wanted):
+            cancelled = should_stop is not None and should_stop()
+            reason = (
+                "the job was cancelled"
+                if cancelled
+                else f"the time cap of {time_cap_s:.1f} s was spent"
+            )
+            run.notes.append(
+                f"{name}: {fit.iterations} of {wanted} trees were grown; {reason}"
+            )
 
     run.elapsed_s = clock() - started
     if run.skipped:
         run.notes.append(
-            f"boosting configurations {run.skipped} were not fitted: their time cap "
+            f"classical configurations {run.skipped} were not fitted: their time cap "
             f"of {time_cap_s:.1f} s was spent"
         )
     return run
+
+
+def _fit_boosting(
+    name: str, config: ClassicalConfig, rows: _StageRows, in_time: Callable[[], bool]
+) -> ClassicalFit:
+    estimator = _estimator(rows.task, config.params, rows.seed, rows.y_fit)
+    estimator.fit(rows.x_fit, rows.y_fit)
+    model = GradientBoostingModel(
+        task=rows.task,
+        classes=rows.classes,
+        class_columns=[int(c) for c in getattr(estimator, "classes_", [])],
+        codes=rows.codes,
+        trees=extract_trees(estimator),
+        metadata={"name": name, "params": config.params},
+    )
+    return ClassicalFit(
+        name=name,
+        params=dict(config.params),
+        model=model,
+        validation_output=model.output_from_matrix(rows.x_val),
+        training_time_s=0.0,
+        iterations=int(estimator.n_iter_),
+        algorithm=config.algorithm,
+    )
+
+
+def _fit_linear(
+    name: str, config: ClassicalConfig, rows: _StageRows, in_time: Callable[[], bool]
+) -> ClassicalFit:
+    from broker.local.linear import fit_linear_estimator, iterations_of, linear_model
+
+    encoding, x_fit, x_val = rows.linear()
+    estimator = fit_linear_estimator(
+        x_fit, rows.y_fit, task=rows.task, params=config.params, seed=rows.seed
+    )
+    model = linear_model(
+        estimator,
+        task=rows.task,
+        classes=rows.classes,
+        encoding=encoding,
+        metadata={"name": name, "params": config.params},
+    )
+    return ClassicalFit(
+        name=name,
+        params=dict(config.params),
+        model=model,
+        validation_output=model.output_from_matrix(x_val),
+        training_time_s=0.0,
+        iterations=iterations_of(estimator),
+        algorithm=config.algorithm,
+    )
+
+
+def _fit_forest(
+    name: str, config: ClassicalConfig, rows: _StageRows, in_time: Callable[[], bool]
+) -> ClassicalFit:
+    from broker.local.forest import fit_forest_estimator, forest_model
+
+    fill, x_fit, x_val = rows.filled()
+    estimator = fit_forest_estimator(
+        x_fit,
+        rows.y_fit,
+        task=rows.task,
+        params=config.params,
+        seed=rows.seed,
+        threads=rows.threads,
+        keep_growing=in_time,
+    )
+    model = forest_model(
+        estimator,
+        task=rows.task,
+        classes=rows.classes,
+        codes=rows.codes,
+        fill=fill,
+        metadata={"name": name, "params": config.params},
+    )
+    return ClassicalFit(
+        name=name,
+        params={**config.params, "min_samples_leaf": estimator.min_samples_leaf},
+        model=model,
+        validation_output=model.output_from_matrix(x_val),
+        training_time_s=0.0,
+        iterations=len(estimator.estimators_),
+        algorithm=config.algorithm,
+    )
+
+
+_FITTERS: dict[
+    str, Callable[[str, ClassicalConfig, _StageRows, Callable[[], bool]], ClassicalFit]
+] = {
+    ALGORITHM: _fit_boosting,
+    LINEAR: _fit_linear,
+    EXTRA_TREES: _fit_forest,
+}
 
 
 def _estimator(task: str, params: dict[str, Any], seed: int, y_fit: np.ndarray) -> Any:
@@ -540,7 +792,11 @@ def _can_stop_early(task: str, y_fit: np.ndarray) -> bool:
 __all__ = [
     "ALGORITHM",
     "CONFIGS",
+    "EXTRA_TREES",
+    "LINEAR",
     "MODEL_FORMAT",
+    "ArrayModel",
+    "ClassicalConfig",
     "ClassicalExportError",
     "ClassicalFit",
     "ClassicalRun",

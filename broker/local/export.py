@@ -10,8 +10,10 @@ A network alone (format ``torch-tabular``) is a folder holding:
 
 A local job's model (`run_dir/model/`, format ``local-ensemble``) is a folder holding
 model.json, which lists the members with their kind, algorithm, weight and validation
-score, and one sub-folder per member: networks in the format above, boosting models in
-the array format of :mod:`broker.local.classical`. Its predictions are the weighted sum of
+score, and one sub-folder per member: networks in the format above, classical models
+(kind "classical": boosted trees, linear models, extremely randomised trees) in the
+array formats of :mod:`broker.local.classical`, :mod:`broker.local.linear` and
+:mod:`broker.local.forest`. Its predictions are the weighted sum of
 its members' (probabilities, or values for regression). The best searched network is
 always a member, with weight 0 when the ensemble does not use it.
 """
@@ -195,10 +197,11 @@ class EnsembleMember:
     Args:
         name: its leaderboard id ("trial-7", "hgb-default").
         kind: "network" or "classical".
-        algorithm: "mlp", "cnn" or "hist_gradient_boosting".
+        algorithm: "mlp", "cnn", "hist_gradient_boosting", "linear" or
+            "extra_trees".
         weight: its share of the ensemble's output (0 when kept only to compare).
         validation: its own score on the search's validation rows.
-        model: the member (a :class:`TorchTabularModel` or a boosting model).
+        model: the member (a :class:`TorchTabularModel` or a classical model).
     """
 
     def __init__(
@@ -235,7 +238,7 @@ class EnsembleMember:
 
 
 class LocalEnsembleModel:
-    """The local job's model: a weighted sum of searched networks and boosting models.
+    """The local job's model: a weighted sum of searched networks and classical models.
 
     Frames passed in use the features' safe names; extra columns are ignored.
 

@@ -16,9 +16,11 @@ what it has. Trials run one at a time in the calling thread, or in worker proces
 (`workers` > 1, one per GPU on a multi-GPU machine), or on a Ray cluster.
 
 :func:`run_search` searches networks only. :func:`run_automl`, what the local provider
-runs, first fits gradient-boosted trees on the same rows within a share of the budget
+runs, first fits classical models (gradient-boosted trees, regularised linear models,
+extremely randomised trees) on the same rows within a share of the budget
 (:mod:`broker.local.classical`), then runs the network search, then chooses weights for
-the best networks and the trees on the validation rows (:mod:`broker.local.ensemble`).
+the best networks and the classical models on the validation rows
+(:mod:`broker.local.ensemble`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from broker.errors import (
     ConfigurationError,
     NoModelTrainedError,
 )
-from broker.local.classical import ALGORITHM as CLASSICAL_ALGORITHM
 from broker.local.ensemble import DEFAULT_ROUNDS, Candidate, Selection, greedy_selection
 from broker.local.export import EnsembleMember, LocalEnsembleModel, TorchTabularModel
 from broker.local.image import (
@@ -79,7 +80,7 @@ logger = logging.getLogger(__name__)
 REMEMBERED_CONFIGS = 3
 # How many of the best networks may join the ensemble.
 ENSEMBLE_NETWORKS = 5
-# The boosting models' share of the search budget; no configuration starts after it.
+# The classical models' share of the search budget; no configuration starts after it.
 CLASSICAL_BUDGET_SHARE = 0.2
 
 
@@ -108,10 +109,12 @@ class SearchOptions:
         warm_start: start from the best configurations of similar earlier searches,
             and remember this one's.
         grid_points: values per numeric range for the grid strategy.
-        classical: also fit gradient-boosted trees on the same rows (tabular data
-            only), before the networks, within a fifth of the budget.
-        ensemble: combine the best networks and the trees with weights chosen on the
-            validation rows; off, the best single model is the job's model.
+        classical: also fit classical models (boosted trees, linear models,
+            extremely randomised trees) on the same rows (tabular data only), before
+            the networks, within a fifth of the budget.
+        ensemble: combine the best networks and the classical models with weights
+            chosen on the validation rows; off, the best single model is the job's
+            model.
     """
 
     max_trials: int | None = None
@@ -264,12 +267,12 @@ class SearchResult:
         )
 
     def candidates(self) -> list[Candidate]:
-        """The kept networks (best first), then the fitted boosting models."""
+        """The kept networks (best first), then the fitted classical models."""
         classical = [
             Candidate(
                 name=fit.name,
                 kind="classical",
-                algorithm=CLASSICAL_ALGORITHM,
+                algorithm=fit.algorithm,
                 validation_output=fit.validation_output,
                 score=fit.score,
                 model=fit.model,
@@ -644,14 +647,15 @@ def run_automl(
     resume: ResumeState | None = None,
     **search_settings: Any,
 ) -> SearchResult:
-    """Boosting models, then the network search, then an ensemble of the best of both.
+    """Classical models, then the network search, then an ensemble of the best of both.
 
-    With the `classical` option (tabular data only) gradient-boosted trees are fitted
-    first on the rows the networks train on, within :data:`CLASSICAL_BUDGET_SHARE` of
-    the budget, so that they exist whatever happens to the search. The network search
-    then runs in the rest of the budget, keeping its :data:`ENSEMBLE_NETWORKS` best
-    networks. Last, weights over the networks and trees are chosen on the validation
-    rows (`ensemble` option), or the best single model is taken; the result's
+    With the `classical` option (tabular data only) gradient-boosted trees, linear
+    models and extremely randomised trees are fitted first on the rows the networks
+    train on, within :data:`CLASSICAL_BUDGET_SHARE` of the budget, so that they exist
+    whatever happens to the search. The network search then runs in the rest of the
+    budget, keeping its :data:`ENSEMBLE_NETWORKS` best networks. Last, weights over
+    the networks and classical models are chosen on the validation rows (`ensemble`
+    option), or the best single model is taken; the result's
     :meth:`SearchResult.final_model` is the job's model.
 
     Args:
@@ -666,7 +670,7 @@ def run_automl(
         NoModelTrainedError, ConfigurationError, ProviderUnavailableError: as
             :func:`run_search`.
     """
-    # TODO(local-classical-resume): the boosting models are not journaled; a resumed
+    # TODO(local-classical-resume): the classical models are not journaled; a resumed
     # search fits them again (seconds), and none are fitted once the budget is spent.
     # TODO(local-classical-only): when the budget runs out before the first network
     # trial, the fitted trees are dropped with the search's NoModelTrainedError; the
@@ -728,7 +732,7 @@ def _fit_classical(
     time_cap_s: float,
     stop_event: threading.Event,
 ) -> ClassicalRun:
-    """The boosting stage on the rows and classes the network search will use."""
+    """The classical stage on the rows and classes the network search will use."""
     import pandas as pd
 
     from broker.local.classical import fit_classical
@@ -755,7 +759,7 @@ def _fit_classical(
 
 
 def _select(result: SearchResult, options: SearchOptions) -> None:
-    """Score the boosting models and choose the weights (or the best single model)."""
+    """Score the classical models and choose the weights (or the best single model)."""
     if result.validation_target is None or not result.networks:
         return  # finished from a checkpoint: the best network is the model
     for fit in result.classical.fits if result.classical is not None else []:

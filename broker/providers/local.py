@@ -1,5 +1,6 @@
 """The local provider: the PyTorch network search of :mod:`broker.local` on this machine,
-beside gradient-boosted trees, with an ensemble of the best of both.
+beside classical models (boosted trees, linear models, extremely randomised trees), with
+an ensemble of the best of both.
 
 Options come from ``JobSpec.provider_options["local"]`` (see
 :class:`broker.local.search.SearchOptions`): ``strategy`` (random, grid, tpe, rl,
@@ -7,8 +8,9 @@ evolution), ``pruner`` (none, median, asha, hyperband), ``max_trials``,
 ``stop_after_no_improvement``, ``workers``, ``ray_address``, ``input_shape``,
 ``warm_start``, ``classical`` and ``ensemble`` (both on by default; off, the job's model
 is the best network alone) and the trial settings. The leaderboard lists the network
-trials ("mlp" or "cnn"), the boosting models ("hist_gradient_boosting") and the ensemble
-("ensemble", its params the member weights); ``best_model_id`` names the job's model.
+trials ("mlp" or "cnn"), the classical models ("hist_gradient_boosting", "linear",
+"extra_trees") and the ensemble ("ensemble", its params the member weights);
+``best_model_id`` names the job's model.
 
 A submitted job runs in a background thread of this process (its trials in worker
 processes when ``workers`` > 1). Each completed trial is written to
@@ -484,7 +486,7 @@ def _classical_entries(search: SearchResult, provider: str) -> list[LeaderboardE
         LeaderboardEntry(
             model_id=fit.name,
             provider=provider,
-            algorithm="hist_gradient_boosting",
+            algorithm=fit.algorithm,
             validation_metrics={search.metric.name: _finite(fit.score)},
             training_time_s=fit.training_time_s,
             params={**fit.params, "iterations": fit.iterations},
