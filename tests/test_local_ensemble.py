@@ -218,7 +218,8 @@ def test_automl_fits_networks_and_trees_on_the_same_validation_rows(
     ]
     assert automl.validation_target is not None
     assert {len(c.validation_output) for c in candidates} == {60}
-    assert automl.networks[0].name == f"trial-{automl.best.trial_number}"  # type: ignore[union-attr]
+    assert automl.best is not None
+    assert automl.networks[0].name == f"trial-{automl.best.trial_number}"
 
 
 def test_automl_model_is_not_worse_than_any_member_on_validation(
