@@ -361,6 +361,51 @@ class ArrayModel:
         proba[:, self.class_columns] = present
         return proba
 
+    def output_from_scores(self, raw: np.ndarray) -> np.ndarray:
+        """Raw scores (n, 1 or k) -> values (regression), or probabilities in the job's
+        class order: a sigmoid of the one score of two classes, else a softmax."""
+        from scipy.special import expit, softmax
+
+        if self.task == "regression":
+            return raw[:, 0]
+        if raw.shape[1] == 1:  # two classes: one score for the second one
+            positive = expit(raw[:, 0])
+            return self.place_classes(np.stack([1.0 - positive, positive], axis=1))
+        return self.place_classes(softmax(raw, axis=1))
+
+    def write(
+        self,
+        folder: str | Path,
+        fields: dict[str, Any],
+        arrays_file: str,
+        arrays: dict[str, np.ndarray],
+    ) -> Path:
+        """Write model.json (the shared fields, then `fields`) and `arrays_file`, an
+        ``.npz`` of plain arrays, into `folder`; return it."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        model_json = {
+            "format": fields.pop("format"),
+            "format_version": fields.pop("format_version"),
+            "task": self.task,
+            "classes": [_jsonable(c) for c in self._classes],
+            "class_columns": self.class_columns,
+            **fields,
+            "metadata": self.metadata,
+        }
+        (folder / "model.json").write_text(
+            json.dumps(model_json, indent=2, default=str)
+        )
+        with (folder / arrays_file).open("wb") as handle:
+            np.savez(handle, allow_pickle=False, **arrays)
+        return folder
+
+
+def read_arrays(folder: Path, arrays_file: str) -> dict[str, np.ndarray]:
+    """The plain arrays of a saved model, read without pickle (OSError, ValueError)."""
+    with np.load(folder / arrays_file, allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
+
 
 class GradientBoostingModel(ArrayModel):
     """A fitted boosting model as arrays, with its column encoding.
@@ -401,37 +446,17 @@ class GradientBoostingModel(ArrayModel):
 
     def output_from_matrix(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (n, k) or values (n,) from the encoded matrix."""
-        from scipy.special import expit, softmax
-
-        raw = self.trees.raw_scores(x)
-        if self.task == "regression":
-            return raw[:, 0]
-        if raw.shape[1] == 1:  # two classes: one score for the second one
-            positive = expit(raw[:, 0])
-            return self.place_classes(np.stack([1.0 - positive, positive], axis=1))
-        return self.place_classes(softmax(raw, axis=1))
+        return self.output_from_scores(self.trees.raw_scores(x))
 
     def save(self, folder: str | Path) -> Path:
         """Write model.json and trees.npz (plain arrays) into `folder`; return it."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        model_json = {
+        fields = {
             "format": MODEL_FORMAT,
             "format_version": FORMAT_VERSION,
-            "task": self.task,
-            "classes": [_jsonable(c) for c in self._classes],
-            "class_columns": self.class_columns,
             "features": self.feature_names,
             "codes": self.codes.to_dict(),
-            "metadata": self.metadata,
         }
-        (folder / "model.json").write_text(
-            json.dumps(model_json, indent=2, default=str)
-        )
-        with (folder / TREES_FILE).open("wb") as handle:
-            arrays: dict[str, Any] = self.trees.arrays()
-            np.savez(handle, allow_pickle=False, **arrays)
-        return folder
+        return self.write(folder, fields, TREES_FILE, self.trees.arrays())
 
 
 def load_classical(path: str | Path) -> ArrayModel:
@@ -465,9 +490,7 @@ def load_classical(path: str | Path) -> ArrayModel:
             f"{str(folder)!r} holds a model of format {fmt!r}, not one of {formats}"
         )
     try:
-        with np.load(folder / TREES_FILE, allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in stored.files}
-        trees = TreeArrays(**arrays)
+        trees = TreeArrays(**read_arrays(folder, TREES_FILE))
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigurationError(
             f"cannot read a saved boosting model from {str(folder)!r}: {exc}; point "

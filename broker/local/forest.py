@@ -12,7 +12,6 @@ runs no stored code and needs no scikit-learn.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -23,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from broker.errors import ConfigurationError
-from broker.local.classical import ArrayModel, ColumnCodes
-from broker.local.preprocess import _jsonable
+from broker.local.classical import ArrayModel, ColumnCodes, read_arrays
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -198,26 +196,15 @@ class ExtraTreesModel(ArrayModel):
 
     def save(self, folder: str | Path) -> Path:
         """Write model.json and forest.npz (plain arrays) into `folder`; return it."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        model_json = {
+        fields = {
             "format": MODEL_FORMAT,
             "format_version": FORMAT_VERSION,
-            "task": self.task,
-            "classes": [_jsonable(c) for c in self._classes],
-            "class_columns": self.class_columns,
             "features": self.feature_names,
             "codes": self.codes.to_dict(),
             "trees": len(self.forest.roots),
-            "metadata": self.metadata,
         }
-        (folder / "model.json").write_text(
-            json.dumps(model_json, indent=2, default=str)
-        )
         arrays = {**self.forest.arrays(), "fill": self.fill}
-        with (folder / TREES_FILE).open("wb") as handle:
-            np.savez(handle, allow_pickle=False, **arrays)
-        return folder
+        return self.write(folder, fields, TREES_FILE, arrays)
 
 
 def load_forest(folder: Path, model_json: dict[str, Any]) -> ExtraTreesModel:
@@ -227,8 +214,7 @@ def load_forest(folder: Path, model_json: dict[str, Any]) -> ExtraTreesModel:
         ConfigurationError: the arrays file is missing or unreadable.
     """
     try:
-        with np.load(folder / TREES_FILE, allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in stored.files}
+        arrays: dict[str, Any] = dict(read_arrays(folder, TREES_FILE))
         fill = arrays.pop("fill")
         arrays["depth"] = int(arrays["depth"])
         forest = ForestArrays(**arrays)

@@ -13,7 +13,6 @@ the identity), so loading runs no stored code and needs no scikit-learn.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from broker.errors import ConfigurationError
-from broker.local.classical import ArrayModel
-from broker.local.preprocess import _jsonable, _require_columns
+from broker.local.classical import ArrayModel, read_arrays
+from broker.local.preprocess import _require_columns
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -217,42 +216,23 @@ class LinearModel(ArrayModel):
 
     def output_from_matrix(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (n, k) or values (n,) from the design matrix."""
-        from scipy.special import expit, softmax
-
-        decision = x @ self.coef.T + self.intercept
-        if self.task == "regression":
-            return decision[:, 0]
-        if decision.shape[1] == 1:  # two classes: one score for the second one
-            positive = expit(decision[:, 0])
-            return self.place_classes(np.stack([1.0 - positive, positive], axis=1))
-        return self.place_classes(softmax(decision, axis=1))
+        return self.output_from_scores(x @ self.coef.T + self.intercept)
 
     def save(self, folder: str | Path) -> Path:
         """Write model.json and coefficients.npz (plain arrays) into `folder`."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        model_json = {
+        fields = {
             "format": MODEL_FORMAT,
             "format_version": FORMAT_VERSION,
-            "task": self.task,
-            "classes": [_jsonable(c) for c in self._classes],
-            "class_columns": self.class_columns,
             "features": self.feature_names,
             "columns": self.encoding.column_names,
             "encoding": self.encoding.to_dict(),
-            "metadata": self.metadata,
         }
-        (folder / "model.json").write_text(
-            json.dumps(model_json, indent=2, default=str)
-        )
         arrays = {
             **self.encoding.arrays(),
             "coef": self.coef,
             "intercept": self.intercept,
         }
-        with (folder / ARRAYS_FILE).open("wb") as handle:
-            np.savez(handle, allow_pickle=False, **arrays)
-        return folder
+        return self.write(folder, fields, ARRAYS_FILE, arrays)
 
 
 def load_linear(folder: Path, model_json: dict[str, Any]) -> LinearModel:
@@ -262,8 +242,7 @@ def load_linear(folder: Path, model_json: dict[str, Any]) -> LinearModel:
         ConfigurationError: the arrays file is missing or unreadable.
     """
     try:
-        with np.load(folder / ARRAYS_FILE, allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in stored.files}
+        arrays = read_arrays(folder, ARRAYS_FILE)
         encoding = LinearEncoding.from_parts(model_json["encoding"], arrays)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigurationError(
