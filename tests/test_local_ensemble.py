@@ -184,7 +184,13 @@ def _automl(
         classes=["n", "y"],
         positive_class="y",
         options=SearchOptions.from_mapping(
-            {"max_trials": 3, "max_epochs": 3, "warm_start": False, **options}
+            {
+                "max_trials": 3,
+                "max_epochs": 3,
+                "warm_start": False,
+                "folds": 0,  # one split: networks and trees on the same rows
+                **options,
+            }
         ),
         space=space or SearchSpace(params={"width": Categorical([4, 8])}, fixed=SMALL),
         stop_event=stop_event,

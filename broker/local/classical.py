@@ -35,6 +35,8 @@ from broker.local.preprocess import _jsonable, _require_columns
 if TYPE_CHECKING:
     import pandas as pd
 
+    from broker.local.bagging import BaggedModel
+
 logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "hist-gradient-boosting"
@@ -459,16 +461,16 @@ class GradientBoostingModel(ArrayModel):
         return self.write(folder, fields, TREES_FILE, self.trees.arrays())
 
 
-def load_classical(path: str | Path) -> ArrayModel:
+def load_classical(path: str | Path) -> ArrayModel | BaggedModel:
     """Load a model saved by a classical model's ``save``, reading arrays only.
 
-    The folder's model.json names the format: "hist-gradient-boosting", "linear" or
-    "extra-trees".
+    The folder's model.json names the format: "hist-gradient-boosting", "linear",
+    "extra-trees" or "bagged" (fold models of one of those).
 
     Raises:
         ConfigurationError: the folder is not such a model or a file is unreadable.
     """
-    from broker.local import forest, linear
+    from broker.local import bagging, forest, linear
 
     folder = Path(path)
     try:
@@ -480,12 +482,19 @@ def load_classical(path: str | Path) -> ArrayModel:
         ) from None
 
     fmt = model_json.get("format")
+    if fmt == bagging.MODEL_FORMAT:
+        return bagging.load_bagged(folder, model_json)
     if fmt == linear.MODEL_FORMAT:
         return linear.load_linear(folder, model_json)
     if fmt == forest.MODEL_FORMAT:
         return forest.load_forest(folder, model_json)
     if fmt != MODEL_FORMAT:
-        formats = [MODEL_FORMAT, linear.MODEL_FORMAT, forest.MODEL_FORMAT]
+        formats = [
+            MODEL_FORMAT,
+            linear.MODEL_FORMAT,
+            forest.MODEL_FORMAT,
+            bagging.MODEL_FORMAT,
+        ]
         raise ConfigurationError(
             f"{str(folder)!r} holds a model of format {fmt!r}, not one of {formats}"
         )
@@ -512,7 +521,7 @@ class ClassicalFit:
 
     name: str
     params: dict[str, Any]
-    model: ArrayModel
+    model: ArrayModel | BaggedModel
     validation_output: np.ndarray
     training_time_s: float
     iterations: int  # boosting iterations, solver iterations or trees
@@ -528,6 +537,11 @@ class ClassicalRun:
     skipped: list[str] = field(default_factory=list)  # configurations not started
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    # With K-fold bagging (folds > 0) each fit's output covers every training row,
+    # out of fold, and `target` holds those rows' targets; otherwise the outputs are
+    # on the search's validation rows.
+    target: np.ndarray | None = field(default=None, repr=False)
+    folds: int = 0
 
 
 @dataclass

@@ -82,6 +82,8 @@ REMEMBERED_CONFIGS = 3
 ENSEMBLE_NETWORKS = 5
 # The classical models' share of the search budget; no configuration starts after it.
 CLASSICAL_BUDGET_SHARE = 0.2
+# Their share when they are bagged over folds (K fits each, and they carry the model).
+BAGGED_BUDGET_SHARE = 0.4
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,10 @@ class SearchOptions:
         ensemble: combine the best networks and the classical models with weights
             chosen on the validation rows; off, the best single model is the job's
             model.
+        folds: on tables of at most :data:`broker.local.bagging.CV_MAX_ROWS`
+            training rows, fit each classical model on this many folds of all the
+            training rows and choose among them on their out-of-fold outputs; 0
+            fits them once on the search's own split.
     """
 
     max_trials: int | None = None
@@ -134,6 +140,7 @@ class SearchOptions:
     grid_points: int = 3
     classical: bool = True
     ensemble: bool = True
+    folds: int = 5
 
     def __post_init__(self) -> None:
         for name in ("warm_start", "classical", "ensemble"):
@@ -166,6 +173,11 @@ class SearchOptions:
             raise ConfigurationError(
                 f"validation_fraction must be between 0 and 0.9, got "
                 f"{self.validation_fraction}"
+            )
+        if isinstance(self.folds, bool) or self.folds == 1 or not 0 <= self.folds <= 20:
+            raise ConfigurationError(
+                f"folds must be 0 (no bagging) or a whole number from 2 to 20, got "
+                f"{self.folds!r}"
             )
         for name in ("stop_after_no_improvement", "workers", "grid_points"):
             value = getattr(self, name)
@@ -658,6 +670,11 @@ def run_automl(
     option), or the best single model is taken; the result's
     :meth:`SearchResult.final_model` is the job's model.
 
+    On a small table (the `folds` option) the classical models are instead bagged
+    over folds of all the training rows within :data:`BAGGED_BUDGET_SHARE` of the
+    budget, and the weights are chosen over them on their out-of-fold outputs; see
+    :mod:`broker.local.bagging`.
+
     Args:
         budget_s: seconds from `started` (default: now) for all of it.
         search_settings: passed on to :func:`run_search` (positive_class,
@@ -691,7 +708,7 @@ def run_automl(
             categorical=categorical,
             classes=classes,
             options=options,
-            time_cap_s=CLASSICAL_BUDGET_SHARE * budget_s,
+            budget_s=budget_s,
             stop_event=stop_event,
         )
 
@@ -729,44 +746,91 @@ def _fit_classical(
     categorical: list[str],
     classes: list[Any] | None,
     options: SearchOptions,
-    time_cap_s: float,
+    budget_s: float,
     stop_event: threading.Event,
 ) -> ClassicalRun:
-    """The classical stage on the rows and classes the network search will use."""
+    """The classical stage on the classes the network search will use: bagged over
+    folds of all the training rows on a small table, else on the search's split."""
     import pandas as pd
 
+    from broker.local.bagging import CV_MAX_ROWS, fit_classical_cv, fold_rows
     from broker.local.classical import fit_classical
 
     target_encoder = TargetEncoder.fit(train[target], task=task, classes=classes)
+    regression = target_encoder.task == "regression"
+
+    def targets(frame: pd.DataFrame) -> np.ndarray:
+        if regression:
+            return pd.to_numeric(frame[target], errors="coerce").to_numpy(np.float64)
+        return target_encoder.encode(frame[target])
+
+    settings: dict[str, Any] = {
+        "task": target_encoder.task,
+        "classes": list(target_encoder.classes),
+        "numeric": numeric,
+        "categorical": categorical,
+        "seed": options.seed,
+        "should_stop": stop_event.is_set,
+    }
+    if options.folds and len(train) <= CV_MAX_ROWS:
+        y = targets(train)
+        splits = fold_rows(
+            y, target_encoder.task, folds=options.folds, seed=options.seed
+        )
+        if splits is not None:
+            cap = BAGGED_BUDGET_SHARE * budget_s
+            run = fit_classical_cv(train, y, splits=splits, time_cap_s=cap, **settings)
+            if run.fits:
+                run.notes.insert(
+                    0,
+                    f"classical models were bagged over {len(splits)} folds of the "
+                    f"{len(train)} training rows; their scores and the ensemble's "
+                    f"weights come from out-of-fold predictions",
+                )
+                return run
+            logger.info("no classical model finished all folds; fitting them once")
+
     fit_rows, val_rows = _validation_split(train, target, task, options)
     fit_frame = train.iloc[fit_rows]
-    if target_encoder.task == "regression":
-        y_fit = pd.to_numeric(fit_frame[target], errors="coerce").to_numpy(np.float64)
-    else:
-        y_fit = target_encoder.encode(fit_frame[target])
     return fit_classical(
         fit_frame,
-        y_fit,
+        targets(fit_frame),
         train.iloc[val_rows],
-        task=target_encoder.task,
-        classes=list(target_encoder.classes),
-        numeric=numeric,
-        categorical=categorical,
-        seed=options.seed,
-        time_cap_s=time_cap_s,
-        should_stop=stop_event.is_set,
+        time_cap_s=CLASSICAL_BUDGET_SHARE * budget_s,
+        **settings,
     )
 
 
 def _select(result: SearchResult, options: SearchOptions) -> None:
-    """Score the classical models and choose the weights (or the best single model)."""
+    """Score the classical models and choose the weights (or the best single model).
+
+    Bagged classical models are scored and weighed on their out-of-fold outputs over
+    all the training rows. The networks are then left out of the weights: their
+    validation rows also stopped and ranked them, so their scores there are
+    flattering, and on a small table that bias outweighs what they add.
+    """
     if result.validation_target is None or not result.networks:
         return  # finished from a checkpoint: the best network is the model
-    for fit in result.classical.fits if result.classical is not None else []:
-        fit.score = result.metric(result.validation_target, fit.validation_output)
+    classical = result.classical
+    fits = classical.fits if classical is not None else []
+    y_true = result.validation_target
+    bagged = classical is not None and classical.target is not None and bool(fits)
+    if bagged and classical is not None and classical.target is not None:
+        y_true = classical.target
+    for fit in fits:
+        fit.score = result.metric(y_true, fit.validation_output)
+    candidates = result.candidates()
+    if bagged:
+        candidates = [c for c in candidates if c.kind == "classical"]
+        # TODO(local-bagged-networks): networks could join the weights with
+        # out-of-fold outputs of their best configurations refitted on the folds.
+        result.notes.append(
+            "the networks were not weighed into the model: on this table the "
+            "classical models' out-of-fold scores are the fairer measure"
+        )
     result.selection = greedy_selection(
-        result.candidates(),
-        result.validation_target,
+        candidates,
+        y_true,
         result.metric,
         rounds=DEFAULT_ROUNDS if options.ensemble else 1,
         seed=options.seed,

@@ -1,0 +1,264 @@
+"""K-fold bagging of the classical models on small tables: the folds, the out-of-fold
+outputs, the time cap, saving and loading, and how the local job's model is chosen."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
+
+from broker.errors import ConfigurationError
+from broker.local.bagging import BaggedModel, fit_classical_cv, fold_rows
+from broker.local.classical import ClassicalConfig, load_classical
+from broker.local.export import load_ensemble
+from broker.local.search import SearchOptions, run_automl
+from broker.local.space import Categorical, SearchSpace
+
+SMALL = {
+    "depth": 1,
+    "activation": "relu",
+    "dropout": 0.0,
+    "norm": "none",
+    "skip": False,
+    "embedding_scale": 1.0,
+    "optimizer": "adam",
+    "learning_rate": 1e-2,
+    "weight_decay": 0.0,
+    "batch_size": 64,
+}
+TWO = {
+    "hgb": ClassicalConfig("hist_gradient_boosting", {"max_iter": 20}),
+    "linear": ClassicalConfig("linear", {"C": 1.0}),
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_openmp_thread() -> Iterator[None]:
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+
+
+def _table(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    color = rng.choice(["red", "blue", "green"], size=n)
+    signal = a + np.where(color == "red", 1.0, 0.0) + 0.5 * b**2
+    a[rng.random(n) < 0.05] = np.nan
+    return pd.DataFrame(
+        {
+            "f_a": a,
+            "f_b": b,
+            "f_color": color,
+            "label": np.where(signal + rng.normal(scale=0.7, size=n) > 0.8, 1, 0),
+        }
+    )
+
+
+def _cv(frame: pd.DataFrame, **settings: object) -> tuple[object, list]:
+    y = frame["label"].to_numpy()
+    splits = fold_rows(y, "binary", folds=5, seed=0)
+    assert splits is not None
+    run = fit_classical_cv(
+        frame.drop(columns="label"),
+        y,
+        task="binary",
+        classes=[0, 1],
+        numeric=["f_a", "f_b"],
+        categorical=["f_color"],
+        seed=0,
+        splits=splits,
+        **{"time_cap_s": 60.0, "configs": TWO, **settings},  # type: ignore[arg-type]
+    )
+    return run, splits
+
+
+def test_fold_rows_hold_out_every_row_exactly_once_with_balanced_classes() -> None:
+    y = np.array([0] * 80 + [1] * 20)
+
+    splits = fold_rows(y, "binary", folds=5, seed=3)
+
+    assert splits is not None and len(splits) == 5
+    held = np.concatenate([held for _, held in splits])
+    assert sorted(held.tolist()) == list(range(100))
+    for fit, held_out in splits:
+        assert set(fit.tolist()).isdisjoint(held_out.tolist())
+        assert len(fit) + len(held_out) == 100
+        assert int(y[held_out].sum()) == 4  # stratified: 20 positives over 5 folds
+
+
+def test_fold_rows_refuse_too_few_rows_or_a_rare_class() -> None:
+    assert fold_rows(np.array([0, 1] * 4), "binary", folds=5) is None  # 8 < 10 rows
+    assert fold_rows(np.array([0] * 40 + [1] * 4), "binary", folds=5) is None
+    assert fold_rows(np.arange(12.0), "regression", folds=5) is not None
+
+
+def test_cv_outputs_are_each_rows_prediction_by_the_fold_model_that_never_saw_it() -> (
+    None
+):
+    frame = _table()
+    run, splits = _cv(frame)
+
+    assert [fit.name for fit in run.fits] == ["hgb", "linear"]
+    assert run.folds == 5 and run.target is not None
+    features = frame.drop(columns="label")
+    for fit in run.fits:
+        assert isinstance(fit.model, BaggedModel) and len(fit.model.folds) == 5
+        assert fit.validation_output.shape == (300, 2)
+        for fold_model, (_, held) in zip(fit.model.folds, splits, strict=True):
+            expected = fold_model.predict_proba(features.iloc[held])
+            np.testing.assert_allclose(
+                fit.validation_output[held], expected, atol=1e-12
+            )
+        mean = np.mean([m.predict_proba(features) for m in fit.model.folds], axis=0)
+        np.testing.assert_allclose(fit.model.predict_proba(features), mean, atol=1e-12)
+        # out of fold, the signal is still found: well above chance
+        assert roc_auc_score(frame["label"], fit.validation_output[:, 1]) > 0.75
+
+
+def test_cv_no_configuration_starts_after_the_cap_and_the_skip_is_noted() -> None:
+    ticks = iter(range(0, 10_000))
+
+    run, _ = _cv(_table(), time_cap_s=0.5, clock=lambda: float(next(ticks)))
+
+    assert run.fits == []
+    assert run.skipped == ["hgb", "linear"]
+    assert "were not fitted on all 5 folds" in run.notes[0]
+
+
+def test_bagged_model_saves_and_loads_as_arrays_with_the_same_predictions(
+    tmp_path: Path,
+) -> None:
+    frame = _table()
+    run, _ = _cv(frame)
+    model = run.fits[0].model
+    features = frame.drop(columns="label")
+
+    loaded = load_classical(model.save(tmp_path / "hgb"))
+
+    assert isinstance(loaded, BaggedModel) and len(loaded.folds) == 5
+    np.testing.assert_allclose(
+        loaded.predict_proba(features), model.predict_proba(features), atol=1e-12
+    )
+    assert loaded.predict(features).tolist() == model.predict(features).tolist()
+    assert sorted(p.name for p in (tmp_path / "hgb").iterdir()) == [
+        "fold-0",
+        "fold-1",
+        "fold-2",
+        "fold-3",
+        "fold-4",
+        "model.json",
+    ]
+
+
+def test_bagged_regression_predicts_the_fold_models_mean() -> None:
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=200), "c": rng.choice(["a", "b"], 200)})
+    y = 3.0 * frame["x"].to_numpy() + (frame["c"] == "a") * 2.0
+    splits = fold_rows(y, "regression", folds=4, seed=0)
+    assert splits is not None
+
+    run = fit_classical_cv(
+        frame,
+        y,
+        task="regression",
+        classes=[],
+        numeric=["x"],
+        categorical=["c"],
+        seed=0,
+        time_cap_s=60.0,
+        splits=splits,
+        configs={"ridge": ClassicalConfig("linear", {"C": 100.0})},
+    )
+
+    model = run.fits[0].model
+    assert isinstance(model, BaggedModel)
+    mean = np.mean([m.predict(frame) for m in model.folds], axis=0)
+    np.testing.assert_allclose(model.predict(frame), mean, atol=1e-12)
+    # ridge on the true features: out-of-fold errors are small
+    assert float(np.sqrt(np.mean((run.fits[0].validation_output - y) ** 2))) < 0.1
+
+
+def test_search_options_folds_must_be_zero_or_two_to_twenty() -> None:
+    assert SearchOptions.from_mapping({"folds": 0}).folds == 0
+    assert SearchOptions.from_mapping({"folds": 10}).folds == 10
+    for bad in (1, 21, -1, True):
+        with pytest.raises(ConfigurationError, match="folds must be 0 .no bagging."):
+            SearchOptions.from_mapping({"folds": bad})
+
+
+def _automl(**options: object):  # type: ignore[no-untyped-def]
+    return run_automl(
+        _table(),
+        target="label",
+        task="binary",
+        numeric=["f_a", "f_b"],
+        categorical=["f_color"],
+        metric="roc_auc",
+        budget_s=60,
+        classes=[0, 1],
+        options=SearchOptions.from_mapping(
+            {"max_trials": 2, "max_epochs": 3, "warm_start": False, **options}
+        ),
+        space=SearchSpace(params={"width": Categorical([4, 8])}, fixed=SMALL),
+    )
+
+
+@pytest.fixture(scope="module")
+def bagged_automl():  # type: ignore[no-untyped-def]
+    return _automl()
+
+
+def test_automl_on_a_small_table_weighs_bagged_trees_on_out_of_fold_outputs(
+    bagged_automl,  # type: ignore[no-untyped-def]
+) -> None:
+    result = bagged_automl
+    classical = result.classical
+
+    assert classical is not None and classical.folds == 5
+    assert classical.target is not None and len(classical.target) == 300
+    selection = result.selection
+    assert selection is not None
+    assert set(selection.weights) <= {fit.name for fit in classical.fits}
+    by_name = {fit.name: fit for fit in classical.fits}
+    for fit in classical.fits:  # scored out of fold over all 300 rows
+        expected = roc_auc_score(classical.target, fit.validation_output[:, 1])
+        assert fit.score == pytest.approx(expected, abs=1e-12)
+    best = max(classical.fits, key=lambda fit: fit.score)
+    assert selection.best_single == best.name
+    assert selection.score >= by_name[best.name].score
+    assert any(
+        "bagged over 5 folds of the 300 training rows" in n for n in result.notes
+    )
+    assert any("networks were not weighed" in n for n in result.notes)
+
+
+def test_automl_bagged_model_saves_with_the_best_network_at_weight_zero(
+    bagged_automl,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    model = bagged_automl.final_model()
+    frame = _table(50, seed=9).drop(columns="label")
+
+    loaded = load_ensemble(model.save(tmp_path / "model"))
+
+    networks = [m for m in loaded.members if m.kind == "network"]
+    assert len(networks) == 1 and networks[0].weight == 0.0
+    assert all(
+        isinstance(m.model, BaggedModel) for m in loaded.members if m.kind != "network"
+    )
+    np.testing.assert_allclose(
+        loaded.predict_proba(frame), model.predict_proba(frame), atol=1e-9
+    )
+
+
+def test_automl_folds_zero_weighs_trees_and_networks_on_one_split() -> None:
+    result = _automl(folds=0)
+
+    assert result.classical is not None and result.classical.folds == 0
+    assert result.classical.target is None
+    assert {len(c.validation_output) for c in result.candidates()} == {60}
