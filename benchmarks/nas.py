@@ -359,7 +359,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--datasets", nargs="+", default=["credit-g", "blood-transfusion", "australian"]
+        "--datasets", nargs="*", default=["credit-g", "blood-transfusion", "australian"]
     )
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES)
     parser.add_argument("--pruners", nargs="+", default=["none", "asha"])
