@@ -36,7 +36,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 from broker.credentials import H2O_URL_ENV
@@ -100,7 +99,7 @@ RejectionReason = Literal[
 _PROVIDER_ORDER = {name: index for index, name in enumerate(PROVIDER_NAMES)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """A feasible way to run the job, with its quote and why it sits where it does.
 
@@ -458,6 +457,13 @@ class _Context:
     month_left_usd: Decimal | None = None
     placements: Mapping[str, Placement | None] | None = None
     shapes: Mapping[str, RunShape] | None = None
+    # Per-provider answers that hold for every row of one plan, found on first use.
+    _unrefused: dict[str, bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _shapes: dict[str, RunShape] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def build(
@@ -509,12 +515,51 @@ class _Context:
     def shape_of(self, provider: str) -> RunShape:
         """How the provider's jobs use machines: its configured placement's shape,
         else what its class declares."""
+        shape = self._shapes.get(provider)
+        if shape is not None:
+            return shape
+
         placement = (self.placements or {}).get(provider)
         if placement is not None and placement.shape is not None:
-            return placement.shape
-        if self.shapes is not None and provider in self.shapes:
-            return self.shapes[provider]
-        return _declared_shape(provider)
+            shape = placement.shape
+        elif self.shapes is not None and provider in self.shapes:
+            shape = self.shapes[provider]
+        else:
+            shape = _declared_shape(provider)
+        self._shapes[provider] = shape
+        return shape
+
+    def refuses_none_of(self, provider: str) -> bool:
+        """True when no constraint can refuse any row of `provider`, so planning may
+        skip :func:`_constraint_refusal` for its rows.
+
+        A placement counts only once the provider's availability is known (as in
+        :func:`_constraint_refusal`); until then the answer is False and not kept.
+        """
+        known = self._unrefused.get(provider)
+        if known is not None:
+            return known
+
+        placement = (self.placements or {}).get(provider)
+        if placement is not None and provider not in self.availability:
+            return False
+        available = self.availability.get(provider)
+        placed = (
+            placement is not None
+            and available is not None
+            and available.available
+            and (placement.regions is not None or placement.machines is not None)
+        )
+        unrefused = (
+            self.allows_provider(provider)
+            and self.machines is None
+            and self.regions is None
+            and self.gpu is None
+            and not placed
+            and self.task not in self.limits_of(provider)
+        )
+        self._unrefused[provider] = unrefused
+        return unrefused
 
     def limits_of(self, provider: str) -> Mapping[str, str]:
         if self.unsupported is not None:
@@ -524,6 +569,8 @@ class _Context:
 
 def _check_forced(catalog: Catalog, context: _Context) -> None:
     """Refuse machines and regions the user named that have no usable price."""
+    if context.machines is None and context.regions is None:
+        return
     rows = [r for r in catalog.training_rows() if context.allows_provider(r.provider)]
 
     for machine in sorted(context.machines or ()):
@@ -580,10 +627,11 @@ def _judge(
     serving_cache: dict[tuple[str, str], tuple[PriceRow, Decimal] | None],
 ) -> Quote | Rejection:
     """The row's quote when it is feasible, or the first reason it is not."""
-    refusal = _constraint_refusal(row, context)
-    if refusal is not None:
-        reason, detail = refusal
-        return Rejection(row.provider, row.sku, row.region, reason, detail)
+    if not context.refuses_none_of(row.provider):
+        refusal = _constraint_refusal(row, context)
+        if refusal is not None:
+            reason, detail = refusal
+            return Rejection(row.provider, row.sku, row.region, reason, detail)
 
     usd_per_hour = hourly_price(row, context.local_rate)
     if usd_per_hour is None:
@@ -776,9 +824,9 @@ def _ranked(quotes: list[Quote], prefer: list[str] | None = None) -> list[Candid
     for name in prefer or []:
         rank_of.setdefault(name, len(rank_of))  # a repeated name keeps its first place
     unranked = len(rank_of)
-    keyed = []
-    for index, q in enumerate(quotes):
-        key = (
+
+    def key(q: Quote) -> tuple[Any, ...]:
+        return (
             # Providers the user prefers come first, in the order given; then cost.
             rank_of.get(q.provider, unranked),
             # A run cut short by the dollar cap ranks after every full-length run.
@@ -791,14 +839,14 @@ def _ranked(quotes: list[Quote], prefer: list[str] | None = None) -> list[Candid
             _PROVIDER_ORDER.get(q.provider, 99),
             q.region,
             q.sku,
-            index,
         )
-        keyed.append((key, q))
-    keyed.sort(key=itemgetter(0))
-    if not keyed:
+
+    # The sort is stable: quotes whose keys tie keep the catalog's order.
+    ordered = sorted(quotes, key=key)
+    if not ordered:
         return []
 
-    first = keyed[0][1]
+    first = ordered[0]
     reason = (
         f"first preferred provider: {_quote_text(first)}"
         if first.provider in rank_of
@@ -806,8 +854,8 @@ def _ranked(quotes: list[Quote], prefer: list[str] | None = None) -> list[Candid
     ) + _trim_text(first)
     ranked = [Candidate(first.provider, first.sku, first.region, first, reason)]
     ranked += [
-        Candidate(q.provider, q.sku, q.region, q, leader=first, position=position)
-        for position, (_, q) in enumerate(keyed[1:], start=2)
+        Candidate(q.provider, q.sku, q.region, q, "", first, position)
+        for position, q in enumerate(ordered[1:], start=2)
     ]
     return ranked
 

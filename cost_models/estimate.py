@@ -196,8 +196,19 @@ def quote(
 
     if nodes > 1:
         usd_per_hour = usd_per_hour * nodes
-    rule = _rule_of(training)
-    low, high = _training_range(usd_per_hour, runtime_s, rule, min_billed_s)
+    is_local = training.is_local
+    rule, billing_unit, low, high = _training_terms(
+        usd_per_hour,
+        runtime_s,
+        training.provider,
+        training.billing_increment_s,
+        training.minimum_charge_s,
+        training.component,
+        training.currency,
+        is_local,
+        nodes,
+        min_billed_s,
+    )
     serving_per_hour = serving_usd_per_hour
     if serving is not None and serving_per_hour is None:
         serving_per_hour = hourly_price(serving, local_usd_per_hour)
@@ -218,15 +229,12 @@ def quote(
         serving_usd_per_month=serving_month,
         memory_needed_gib=memory_needed_gib,
         memory_offered_gib=training.memory_gib,
-        billing_unit=_unit_text(
-            training.component, training.currency, rule, training.is_local
-        )
-        + _shape_text(nodes, min_billed_s),
-        price_source=_source_text(training),
+        billing_unit=billing_unit,
+        price_source=_source_text(training, is_local),
         retrieved=training.retrieved,
         user_supplied=training.user_supplied
         or bool(serving is not None and serving.user_supplied),
-        is_local=training.is_local,
+        is_local=is_local,
         training_usd_per_hour=usd_per_hour,
         serving_sku=None if serving is None else serving.sku,
         serving_usd_per_hour=serving_per_hour,
@@ -257,6 +265,27 @@ def billing_unit_text(row: PriceRow, rule: BillingRule) -> str:
 
 # Planning quotes thousands of rows that share a handful of billing rules and prices:
 # the helpers below are cached so each rule is built, described and applied once.
+
+
+@lru_cache(maxsize=4096)
+def _training_terms(
+    usd_per_hour: Decimal,
+    runtime_s: int,
+    provider: str,
+    increment_s: Decimal | None,
+    minimum_s: Decimal | None,
+    component: str,
+    currency: str,
+    is_local: bool,
+    nodes: int,
+    min_billed_s: int,
+) -> tuple[BillingRule, str, Decimal, Decimal]:
+    """A training row's billing rule, the quote's billing unit text and its training
+    range, from the cells that decide them."""
+    rule = _cached_rule(provider, increment_s, minimum_s)
+    text = _unit_text(component, currency, rule, is_local)
+    low, high = _training_range(usd_per_hour, runtime_s, rule, min_billed_s)
+    return rule, text + _shape_text(nodes, min_billed_s), low, high
 
 
 @lru_cache(maxsize=256)
@@ -304,10 +333,10 @@ def _cached_rule(
     ).billing_rule
 
 
-def _source_text(row: PriceRow) -> str:
+def _source_text(row: PriceRow, is_local: bool) -> str:
     if row.user_supplied:
         return f"user-supplied ({row.origin})"
-    if row.is_local and row.usable_price is None:
+    if is_local and row.usable_price is None:
         return "local rate"
     return row.source or row.origin
 
