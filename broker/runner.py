@@ -214,16 +214,27 @@ class Broker:
 
     def prepare(self, spec: JobSpec) -> Prepared:
         """Intake and planning: everything that happens before any money is spent."""
+        import numpy as np
+
         from broker import intake
 
         # Intake is this machine's own work: timed on the real clock even when the
         # broker's clock is a fake one driving provider fakes.
         started = time.monotonic()
         dataset = intake.load_dataset(spec)
-        holdout = None
         if spec.holdout_data is not None:
+            # The user's own test set scores the model, so every row of `data`
+            # trains: none is held back for a split that would never be used.
             holdout = intake.load_holdout(spec, dataset.schema)
-        split = intake.split_holdout(dataset, spec.holdout_fraction, spec.seed)
+            split = intake.HoldoutSplit(
+                train_index=np.arange(dataset.n_rows),
+                test_index=np.arange(0),
+                fraction=0.0,
+                seed=spec.seed,
+            )
+        else:
+            holdout = None
+            split = intake.split_holdout(dataset, spec.holdout_fraction, spec.seed)
         plan = self.plan_for(spec, dataset)
         return Prepared(
             spec=spec,

@@ -363,7 +363,7 @@ def test_classical_load_of_another_format_names_the_known_ones(
     with pytest.raises(
         ConfigurationError,
         match=r"format 'torch-tabular', not one of \['hist-gradient-boosting', "
-        r"'linear', 'extra-trees'\]",
+        r"'linear', 'extra-trees', 'bagged'\]",
     ):
         load_classical(tmp_path)
 

@@ -497,3 +497,49 @@ def test_runner_every_candidate_failing_leaves_the_story_in_the_run_folder(tmp_p
 
 def replace_provider(error: QuotaExceededError, provider: str) -> QuotaExceededError:
     return QuotaExceededError(str(error), provider=provider)
+
+
+class _TrainRecorder(ScriptedProvider):
+    """Keeps the row count of every job's training frame."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.train_rows: list[int] = []
+
+    def submit(self, job: Any) -> Any:
+        self.train_rows.append(len(job.train))
+        return super().submit(job)
+
+
+def test_runner_with_holdout_data_trains_on_every_row_and_scores_on_the_holdout(
+    tmp_path,
+):
+    clock = FakeClock()
+    cloud = _TrainRecorder(
+        clock=clock, name="sagemaker", script=QUICK, usd_per_s=Decimal("0.001")
+    )
+    broker = make_broker(tmp_path, clock, {"sagemaker": cloud})
+
+    result = broker.run(
+        spec("sagemaker", holdout_data=table(n=60, seed=1)), run_dir=tmp_path / "run"
+    )
+
+    # all 200 rows of `data` train; the 60 rows of the user's test set score
+    assert cloud.train_rows == [200]
+    assert result.holdout_n == 60
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["train_index"]) == 200
+    assert split["test_index"] == []
+
+
+def test_runner_without_holdout_data_holds_back_its_own_fifth(tmp_path):
+    clock = FakeClock()
+    cloud = _TrainRecorder(
+        clock=clock, name="sagemaker", script=QUICK, usd_per_s=Decimal("0.001")
+    )
+    broker = make_broker(tmp_path, clock, {"sagemaker": cloud})
+
+    result = broker.run(spec("sagemaker"), run_dir=tmp_path / "run")
+
+    assert cloud.train_rows == [160]
+    assert result.holdout_n == 40
