@@ -307,53 +307,75 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
             "",
         ]
     lines += [
-        "Plot: `nas.png` (best validation AUC against epochs spent; the grey line is "
-        "the reference).",
+        "Plot: `nas.png` (one panel per dataset and seed: best validation AUC against "
+        "epochs spent; the grey line is the seed's reference, the dotted line one "
+        "third of unpruned random search's epochs).",
         "",
     ]
     path.write_text("\n".join(lines))
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:
+    """One panel per dataset and seed: best validation AUC against epochs, with the
+    seed's reference (grey) and one third of unpruned random search's epochs
+    (dotted)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = payload["datasets"]
-    columns = min(2, len(datasets))
-    rows = -(-len(datasets) // columns)
+    panels = [
+        (dataset, seed)
+        for dataset in payload["datasets"]
+        for seed in payload["seeds"]
+        if any(
+            r["dataset"] == dataset and str(r["seed"]) == str(seed)
+            for r in payload["runs"]
+        )
+    ]
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(
-        rows, columns, figsize=(6.5 * columns, 4.5 * rows), squeeze=False
+        rows, columns, figsize=(5.2 * columns, 4.0 * rows), squeeze=False
     )
     palette = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
-    colours = dict(zip(STRATEGIES, palette, strict=False))
     styles = {"none": "-", "asha": "--", "median": ":", "hyperband": "-."}
-    for axis, dataset in zip(axes.flat, datasets, strict=False):
-        for run in payload["runs"]:
-            if run["dataset"] != dataset or run["seed"] != payload["seeds"][0]:
-                continue
-            xs = [p["epochs"] for p in run["curve"]]
-            ys = [p["best"] for p in run["curve"]]
+    for axis, (dataset, seed) in zip(axes.flat, panels, strict=False):
+        runs = [
+            r
+            for r in payload["runs"]
+            if r["dataset"] == dataset and str(r["seed"]) == str(seed)
+        ]
+        # one strategy: colour by pruner, else by strategy
+        by_pruner = len({r["strategy"] for r in runs}) == 1
+        keys = sorted({r["pruner"] if by_pruner else r["strategy"] for r in runs})
+        colours = dict(zip(keys, palette, strict=False))
+        for run in runs:
             axis.step(
-                xs,
-                ys,
+                [p["epochs"] for p in run["curve"]],
+                [p["best"] for p in run["curve"]],
                 where="post",
-                color=colours.get(run["strategy"]),
+                color=colours[run["pruner"] if by_pruner else run["strategy"]],
                 linestyle=styles.get(run["pruner"], "-"),
                 label=f"{run['strategy']} / {run['pruner']}",
             )
-        reference = next(
-            (r["reference"] for r in payload["runs"] if r["dataset"] == dataset), None
+        plain = next(
+            (r for r in runs if r["strategy"] == "random" and r["pruner"] == "none"),
+            None,
         )
-        if reference is not None:
-            axis.axhline(reference, color="grey", linewidth=0.8)
-        axis.set_title(dataset)
+        if plain is not None:
+            axis.axhline(plain["best_validation"], color="grey", linewidth=0.8)
+            axis.axvline(
+                plain["epochs"] / 3, color="grey", linestyle=":", linewidth=0.8
+            )
+        axis.set_title(f"{dataset}, seed {seed}")
         axis.set_xlabel("training epochs spent")
         axis.set_ylabel("best validation ROC AUC")
         axis.legend(fontsize=6)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.set_visible(False)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:
