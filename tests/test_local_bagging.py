@@ -91,10 +91,22 @@ def test_fold_rows_hold_out_every_row_exactly_once_with_balanced_classes() -> No
         assert int(y[held_out].sum()) == 4  # stratified: 20 positives over 5 folds
 
 
-def test_fold_rows_refuse_too_few_rows_or_a_rare_class() -> None:
+def test_fold_rows_refuse_too_few_rows_or_a_class_of_one_row() -> None:
     assert fold_rows(np.array([0, 1] * 4), "binary", folds=5) is None  # 8 < 10 rows
-    assert fold_rows(np.array([0] * 40 + [1] * 4), "binary", folds=5) is None
+    assert fold_rows(np.array([0] * 40 + [1]), "binary", folds=5) is None
     assert fold_rows(np.arange(12.0), "regression", folds=5) is not None
+
+
+def test_fold_rows_keep_a_class_rarer_than_the_folds_in_every_fit() -> None:
+    # as in white wine quality: the best grade has 4 training rows for 5 folds
+    y = np.array([0] * 60 + [1] * 30 + [2] * 4)
+
+    splits = fold_rows(y, "multiclass", folds=5, seed=0)
+
+    assert splits is not None
+    held_rare = [int((y[held] == 2).sum()) for _, held in splits]
+    assert sorted(held_rare) == [0, 1, 1, 1, 1]
+    assert all(int((y[fit] == 2).sum()) >= 3 for fit, _ in splits)
 
 
 def test_cv_outputs_are_each_rows_prediction_by_the_fold_model_that_never_saw_it() -> (
@@ -262,3 +274,30 @@ def test_automl_folds_zero_weighs_trees_and_networks_on_one_split() -> None:
     assert result.classical is not None and result.classical.folds == 0
     assert result.classical.target is None
     assert {len(c.validation_output) for c in result.candidates()} == {60}
+
+
+def test_cv_multiclass_with_a_rare_class_gives_every_row_full_probabilities() -> None:
+    rng = np.random.default_rng(2)
+    y = np.array([0] * 60 + [1] * 30 + [2] * 4)
+    frame = pd.DataFrame({"x": y + rng.normal(scale=0.3, size=len(y))})
+    splits = fold_rows(y, "multiclass", folds=5, seed=0)
+    assert splits is not None
+
+    run = fit_classical_cv(
+        frame,
+        y,
+        task="multiclass",
+        classes=["low", "mid", "high"],
+        numeric=["x"],
+        categorical=[],
+        seed=0,
+        time_cap_s=60.0,
+        splits=splits,
+        configs={"linear": ClassicalConfig("linear", {"C": 1.0})},
+    )
+
+    output = run.fits[0].validation_output
+    assert output.shape == (94, 3)
+    np.testing.assert_allclose(output.sum(axis=1), 1.0, atol=1e-9)
+    assert float(output[y == 2, 2].mean()) > 0.3  # the rare class is still predicted
+    assert run.fits[0].model.classes == ["low", "mid", "high"]

@@ -141,8 +141,10 @@ def fold_rows(
     """Row positions (fit, held out) of each fold; stratified for classes.
 
     Returns:
-        One pair per fold, or None when the rows are too few for `folds` folds (fewer
-        than two rows per fold, or a class with fewer rows than folds).
+        One pair per fold, or None when the rows are too few for `folds` folds: fewer
+        than two rows per fold, a single class, or a class of one row (its fold's
+        models could never have seen it). A class with fewer rows than folds is
+        kept: some folds hold none of its rows out, and every fit still has some.
     """
     from sklearn.model_selection import KFold, StratifiedKFold
 
@@ -153,7 +155,7 @@ def fold_rows(
         splitter: Any = KFold(folds, shuffle=True, random_state=seed)
     else:
         counts = np.unique(y, return_counts=True)[1]
-        if len(counts) < 2 or counts.min() < folds:
+        if len(counts) < 2 or counts.min() < 2:
             return None
         splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
