@@ -301,3 +301,28 @@ def test_cv_multiclass_with_a_rare_class_gives_every_row_full_probabilities() ->
     np.testing.assert_allclose(output.sum(axis=1), 1.0, atol=1e-9)
     assert float(output[y == 2, 2].mean()) > 0.3  # the rare class is still predicted
     assert run.fits[0].model.classes == ["low", "mid", "high"]
+
+
+def test_automl_bagging_out_of_time_leaves_the_rest_of_the_budget_to_the_networks() -> (
+    None
+):
+    import threading
+
+    from broker.local.search import _fit_classical
+
+    run = _fit_classical(
+        _table(),
+        target="label",
+        task="binary",
+        numeric=["f_a", "f_b"],
+        categorical=["f_color"],
+        classes=[0, 1],
+        options=SearchOptions(),
+        budget_s=0.0,
+        stop_event=threading.Event(),
+    )
+
+    # the bagged stage ran out of its share; no second, single-split stage follows
+    assert run.folds == 5 and run.fits == []
+    assert len(run.skipped) == 8
+    assert "were not fitted on all 5 folds" in run.notes[-1]

@@ -787,8 +787,9 @@ def _fit_classical(
                     f"{len(train)} training rows; their scores and the ensemble's "
                     f"weights come from out-of-fold predictions",
                 )
-                return run
-            logger.info("no classical model finished all folds; fitting them once")
+            # None finished within their share: fitting them once more would take
+            # the networks' time too, so the networks alone make the model.
+            return run
 
     fit_rows, val_rows = _validation_split(train, target, task, options)
     fit_frame = train.iloc[fit_rows]
