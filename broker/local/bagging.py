@@ -35,6 +35,7 @@ from broker.local.classical import (
     ClassicalRun,
     fit_classical,
 )
+from broker.local.preprocess import _jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -278,10 +279,6 @@ def _cut_short(fit: ClassicalFit, config: ClassicalConfig) -> bool:
     """A forest that stopped growing at the cap: its fold would not match the rest."""
     wanted = config.params.get("n_estimators")
     return wanted is not None and fit.iterations < int(wanted)
-
-
-def _jsonable(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 __all__ = [
