@@ -235,21 +235,26 @@ def test_automl_on_a_small_table_weighs_bagged_trees_on_out_of_fold_outputs(
     assert classical.target is not None and len(classical.target) == 300
     selection = result.selection
     assert selection is not None
-    assert set(selection.weights) <= {fit.name for fit in classical.fits}
-    by_name = {fit.name: fit for fit in classical.fits}
-    for fit in classical.fits:  # scored out of fold over all 300 rows
-        expected = roc_auc_score(classical.target, fit.validation_output[:, 1])
-        assert fit.score == pytest.approx(expected, abs=1e-12)
-    best = max(classical.fits, key=lambda fit: fit.score)
+    assert result.networks_bagged
+    candidates = [*classical.fits, *result.networks]
+    assert set(selection.weights) <= {c.name for c in candidates}
+    by_name = {c.name: c for c in candidates}
+    for c in candidates:  # every candidate scored out of fold over all 300 rows
+        assert c.validation_output.shape == (300, 2)
+        expected = roc_auc_score(classical.target, c.validation_output[:, 1])
+        assert c.score == pytest.approx(expected, abs=1e-12)
+    best = max(candidates, key=lambda c: c.score)
     assert selection.best_single == best.name
     assert selection.score >= by_name[best.name].score
     assert any(
         "bagged over 5 folds of the 300 training rows" in n for n in result.notes
     )
-    assert any("networks were not weighed" in n for n in result.notes)
+    refitted = [n for n in result.notes if "were refitted on the same 5 folds" in n]
+    assert len(refitted) == 1
+    assert refitted[0].startswith(f"networks trial-{result.best.trial_number} (")
 
 
-def test_automl_bagged_model_saves_with_the_best_network_at_weight_zero(
+def test_automl_bagged_model_saves_its_bagged_networks_and_trees(
     bagged_automl,  # type: ignore[no-untyped-def]
     tmp_path: Path,
 ) -> None:
@@ -258,10 +263,16 @@ def test_automl_bagged_model_saves_with_the_best_network_at_weight_zero(
 
     loaded = load_ensemble(model.save(tmp_path / "model"))
 
-    networks = [m for m in loaded.members if m.kind == "network"]
-    assert len(networks) == 1 and networks[0].weight == 0.0
-    assert all(
-        isinstance(m.model, BaggedModel) for m in loaded.members if m.kind != "network"
+    assert all(isinstance(m.model, BaggedModel) for m in loaded.members)
+    best = loaded.best_network()
+    by_oof = max(bagged_automl.networks, key=lambda n: n.score)  # the best refitted
+    assert loaded.metadata["best_network"] == by_oof.name
+    assert f"trial-{best.metadata['trial']}" == by_oof.name
+    assert [type(f).__name__ for f in best.folds] == ["TorchTabularModel"] * 5
+    np.testing.assert_allclose(
+        best.predict_proba(frame),
+        np.mean([f.predict_proba(frame) for f in best.folds], axis=0),
+        atol=1e-12,
     )
     np.testing.assert_allclose(
         loaded.predict_proba(frame), model.predict_proba(frame), atol=1e-9

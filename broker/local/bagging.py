@@ -120,8 +120,6 @@ def load_bagged(folder: Path, model_json: dict[str, Any]) -> BaggedModel:
     Raises:
         ConfigurationError: a fold's folder is missing or unreadable.
     """
-    from broker.local.classical import load_classical
-
     names = model_json.get("folds")
     if not isinstance(names, list) or not names:
         raise ConfigurationError(
@@ -131,9 +129,26 @@ def load_bagged(folder: Path, model_json: dict[str, Any]) -> BaggedModel:
     return BaggedModel(
         task=str(model_json["task"]),
         classes=list(model_json["classes"]),
-        folds=[load_classical(folder / str(name)) for name in names],
+        folds=[_load_fold(folder / str(name)) for name in names],
         metadata=model_json.get("metadata", {}),
     )
+
+
+def _load_fold(folder: Path) -> Any:
+    """A fold model: a network (the networks' format) or a classical model."""
+    from broker.local import export
+    from broker.local.classical import load_classical
+
+    try:
+        fmt = json.loads((folder / "model.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigurationError(
+            f"cannot read the fold model in {str(folder)!r}: {exc}; save the run's "
+            f"model again"
+        ) from None
+    if fmt == export.MODEL_FORMAT:
+        return export.load_model(folder)
+    return load_classical(folder)
 
 
 def fold_rows(
@@ -201,7 +216,7 @@ def fit_classical_cv(
     configs = CONFIGS if configs is None else configs
     started = clock()
     y = np.asarray(y)
-    run = ClassicalRun(target=y, folds=len(splits))
+    run = ClassicalRun(target=y, folds=len(splits), splits=list(splits))
     regression = task == "regression"
 
     def in_time() -> bool:

@@ -542,6 +542,8 @@ class ClassicalRun:
     # on the search's validation rows.
     target: np.ndarray | None = field(default=None, repr=False)
     folds: int = 0
+    # the folds' row positions (fit, held out), for refitting the networks on them
+    splits: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
 
 
 @dataclass

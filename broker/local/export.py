@@ -370,9 +370,10 @@ def load_ensemble(path: str | Path) -> LocalEnsembleModel:
     members = []
     for entry in model_json["members"]:
         member_folder = folder / str(entry["folder"])
-        if entry["kind"] == "network":
+        bagged = _read_model_json(member_folder).get("format") == "bagged"
+        if entry["kind"] == "network" and not bagged:
             model: Any = load_model(member_folder)
-        else:
+        else:  # a classical model, or a network bagged over folds
             model = load_classical(member_folder)
         members.append(
             EnsembleMember(

@@ -84,6 +84,8 @@ ENSEMBLE_NETWORKS = 5
 CLASSICAL_BUDGET_SHARE = 0.2
 # Their share when they are bagged over folds (K fits each, and they carry the model).
 BAGGED_BUDGET_SHARE = 0.4
+# With bagging, the share kept at the end for refitting the best networks on the folds.
+NETWORK_BAGGING_SHARE = 0.15
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,9 @@ class SearchResult:
     validation_target: np.ndarray | None = field(default=None, repr=False)
     classical: ClassicalRun | None = field(default=None, repr=False)
     selection: Selection | None = None
+    # True when `networks` were refitted on the classical models' folds, their
+    # outputs out of fold over every training row
+    networks_bagged: bool = False
 
     @property
     def epochs_total(self) -> int:
@@ -304,7 +309,9 @@ class SearchResult:
 
     def final_model(self) -> LocalEnsembleModel:
         """The job's model: the chosen weights over the candidates, with the best
-        network always a member (weight 0 when unused).
+        network always a member (weight 0 when unused). When the networks were
+        refitted on the folds, the best network is the refitted one with the best
+        out-of-fold score; otherwise the search's best trial.
 
         Raises:
             NoModelTrainedError: no trial finished (the search was cancelled first).
@@ -312,6 +319,10 @@ class SearchResult:
         best_network = self.best_model()
         assert self.best is not None  # best_model raised otherwise
         best_name = f"trial-{self.best.trial_number}"
+        scored = [n for n in self.networks if not math.isnan(n.score)]
+        if self.networks_bagged and scored:
+            reward = self.metric.direction == "maximize"
+            best_name = max(scored, key=lambda n: n.score if reward else -n.score).name
         weights = dict(self.selection.weights) if self.selection else {best_name: 1.0}
         weights.setdefault(best_name, 0.0)
         by_name = {c.name: c for c in self.candidates()}
@@ -322,7 +333,8 @@ class SearchResult:
             validation_output=np.zeros(0),
             score=self.best.score,
         )
-        by_name[best_name] = replace(best, model=best_network)
+        if best.model is None:
+            by_name[best_name] = replace(best, model=best_network)
         members = [
             EnsembleMember(
                 name=name,
@@ -375,11 +387,14 @@ def run_search(
     journal: TrialJournal | None = None,
     resume: ResumeState | None = None,
     keep_networks: int = 0,
+    reserve_s: float = 0.0,
 ) -> SearchResult:
     """Search network configurations on `train` (safe column names plus the target).
 
     Args:
         budget_s: seconds from `started` (default: now) after which no trial starts.
+        reserve_s: seconds at the end of the budget kept for work after the search
+            (refitting its networks): no trial runs in them.
         space: the space to search; default the tabular space, or the image space
             when the options give or the columns imply an image shape.
         stop_event: set it to stop the search at the next epoch boundary.
@@ -417,7 +432,7 @@ def run_search(
     stop_event = stop_event or threading.Event()
     started = time.monotonic() if started is None else started
     spent_before_s = resume.spent_s if resume is not None else 0.0
-    deadline = started + budget_s
+    deadline = started + budget_s - reserve_s
     layout = image_layout(numeric, categorical, dropped or [], options.input_shape)
     if layout is not None:
         numeric = layout.columns
@@ -695,6 +710,7 @@ def run_automl(
     options = options or SearchOptions()
     stop_event = stop_event or threading.Event()
     started = time.monotonic() if started is None else started
+    deadline = started + budget_s
     classical = None
     tabular = (space is None or space.kind == "tabular") and image_layout(
         numeric, categorical, dropped or [], options.input_shape
@@ -711,6 +727,12 @@ def run_automl(
             budget_s=budget_s,
             stop_event=stop_event,
         )
+    bag_networks = (
+        options.ensemble
+        and classical is not None
+        and bool(classical.fits and classical.splits)
+    )
+    reserve_s = budget_s * NETWORK_BAGGING_SHARE if bag_networks else 0.0
 
     result = run_search(
         train,
@@ -720,6 +742,7 @@ def run_automl(
         categorical=categorical,
         metric=metric,
         budget_s=budget_s,
+        reserve_s=reserve_s,
         classes=classes,
         options=options,
         space=space,
@@ -733,8 +756,76 @@ def run_automl(
     result.classical = classical
     if classical is not None:
         result.notes.extend(classical.notes)
+    if bag_networks and classical is not None and not stop_event.is_set():
+        _bag_networks(
+            result,
+            train,
+            target=target,
+            splits=classical.splits,
+            options=options,
+            deadline=deadline,
+            stop_event=stop_event,
+        )
     _select(result, options)
     return result
+
+
+def _bag_networks(
+    result: SearchResult,
+    train: pd.DataFrame,
+    *,
+    target: str,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    options: SearchOptions,
+    deadline: float,
+    stop_event: threading.Event,
+) -> None:
+    """Refit the kept networks on the classical models' folds (best first) and make
+    the refitted ones the result's networks, scored out of fold."""
+    from broker.local.bagged_networks import fit_networks_cv
+
+    if not result.networks or result.validation_target is None:
+        return
+    by_number = {t.trial_number: t for t in result.trials}
+    trials = [by_number[int(c.name.split("-")[1])] for c in result.networks]
+    bagging = fit_networks_cv(
+        train,
+        target=target,
+        trials=trials,
+        preprocessor=result.preprocessor,
+        target_encoder=result.target,
+        splits=splits,
+        search_fit_rows=result.n_train_rows,
+        deadline=deadline,
+        seed=options.seed,
+        should_stop=stop_event.is_set,
+    )
+    if not bagging.networks:
+        result.notes.append(
+            f"no network could be refitted on the {len(splits)} folds before the "
+            f"deadline ({', '.join(bagging.skipped)} would not fit)"
+        )
+        return
+    result.networks = [
+        Candidate(
+            name=network.name,
+            kind="network",
+            algorithm=result._algorithm,
+            validation_output=network.output,
+            score=math.nan,  # scored with the classical models in _select
+            model=network.model,
+        )
+        for network in bagging.networks
+    ]
+    result.networks_bagged = True
+    refitted = ", ".join(f"{n.name} ({n.epochs} epochs)" for n in bagging.networks)
+    note = (
+        f"networks {refitted} were refitted on the same {len(splits)} folds for "
+        f"their search's best epoch count and weighed on their out-of-fold outputs"
+    )
+    if bagging.skipped:
+        note += f"; {', '.join(bagging.skipped)} did not fit before the deadline"
+    result.notes.append(note)
 
 
 def _fit_classical(
@@ -806,9 +897,10 @@ def _select(result: SearchResult, options: SearchOptions) -> None:
     """Score the classical models and choose the weights (or the best single model).
 
     Bagged classical models are scored and weighed on their out-of-fold outputs over
-    all the training rows. The networks are then left out of the weights: their
-    validation rows also stopped and ranked them, so their scores there are
-    flattering, and on a small table that bias outweighs what they add.
+    all the training rows, with the networks refitted on the same folds. Networks
+    that were not refitted are left out of the weights: their validation rows also
+    stopped and ranked them, so their scores there are flattering, and on a small
+    table that bias outweighs what they add.
     """
     if result.validation_target is None or not result.networks:
         return  # finished from a checkpoint: the best network is the model
@@ -820,11 +912,12 @@ def _select(result: SearchResult, options: SearchOptions) -> None:
         y_true = classical.target
     for fit in fits:
         fit.score = result.metric(y_true, fit.validation_output)
+    if bagged and result.networks_bagged:
+        for network in result.networks:
+            network.score = result.metric(y_true, network.validation_output)
     candidates = result.candidates()
-    if bagged:
+    if bagged and not result.networks_bagged:
         candidates = [c for c in candidates if c.kind == "classical"]
-        # TODO(local-bagged-networks): networks could join the weights with
-        # out-of-fold outputs of their best configurations refitted on the folds.
         result.notes.append(
             "the networks were not weighed into the model: on this table the "
             "classical models' out-of-fold scores are the fairer measure"

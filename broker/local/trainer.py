@@ -132,22 +132,11 @@ def train_trial(
 
     network = build_network(config, data)
     model = network.build().to(device)
-    optimizer_class = (
-        torch.optim.Adam if config.get("optimizer") == "adam" else torch.optim.AdamW
+    optimizer = _optimizer(model, config)
+    loss_fn = _loss(data.task)
+    x_num, x_cat, y = _tensors(
+        data.x_num_train, data.x_cat_train, data.y_train, data.task, device
     )
-    optimizer = optimizer_class(
-        model.parameters(),
-        lr=float(config["learning_rate"]),
-        weight_decay=float(config["weight_decay"]),
-    )
-    loss_fn: nn.Module = (
-        nn.MSELoss() if data.task == "regression" else nn.CrossEntropyLoss()
-    )
-    x_num = torch.as_tensor(data.x_num_train, device=device)
-    x_cat = torch.as_tensor(data.x_cat_train, device=device)
-    y = torch.as_tensor(data.y_train, device=device)
-    if data.task == "regression":
-        y = y.float().unsqueeze(1)
 
     rule = EarlyStopping(patience=patience, direction=metric.direction)
     best_state = _cpu_state(model)
@@ -215,6 +204,65 @@ def train_trial(
     )
 
 
+def train_epochs(
+    network: AnyNetworkConfig,
+    config: dict[str, Any],
+    x_num: np.ndarray,
+    x_cat: np.ndarray,
+    y: np.ndarray,
+    *,
+    task: str,
+    epochs: int,
+    device: torch.device,
+    seed: int,
+    decay_after: frozenset[int] = frozenset(),
+    abandon_after: float | None = None,
+) -> dict[str, torch.Tensor] | None:
+    """Train `network` for exactly `epochs` epochs and return its last weights.
+
+    No rows are held out and nothing is scored: the epoch count, and the epochs after
+    which the learning rate decays, come from a search that measured them elsewhere,
+    so rows left out here can score the result honestly.
+
+    Args:
+        config: the trial's configuration (optimiser, learning rate, batch size,
+            weight decay and learning-rate decay factor).
+        decay_after: epoch indices after which the rate is multiplied by the
+            configuration's `lr_decay`, as the search's trial did when its
+            validation score did not improve.
+        abandon_after: a monotonic time after which training is abandoned.
+
+    Returns:
+        The weights on the CPU, or None when training was abandoned.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = network.build().to(device)
+    optimizer = _optimizer(model, config)
+    loss_fn = _loss(task)
+    x_num_t, x_cat_t, y_t = _tensors(x_num, x_cat, y, task, device)
+    batch_size = int(config["batch_size"])
+    lr_decay = float(config.get("lr_decay", 1.0))
+    for epoch in range(epochs):
+        finished = _train_epoch(
+            model,
+            optimizer,
+            loss_fn,
+            x_num_t,
+            x_cat_t,
+            y_t,
+            batch_size,
+            generator,
+            abandon_after,
+        )
+        if not finished:
+            return None
+        if epoch in decay_after and lr_decay < 1:
+            for group in optimizer.param_groups:
+                group["lr"] *= lr_decay
+    return _cpu_state(model)
+
+
 def predict_arrays(
     model: nn.Module,
     x_num: np.ndarray,
@@ -270,6 +318,35 @@ def _train_epoch(
         if abandon_after is not None and time.monotonic() > abandon_after:
             return False
     return True
+
+
+def _optimizer(model: nn.Module, config: dict[str, Any]) -> torch.optim.Optimizer:
+    optimizer_class = (
+        torch.optim.Adam if config.get("optimizer") == "adam" else torch.optim.AdamW
+    )
+    return optimizer_class(
+        model.parameters(),
+        lr=float(config["learning_rate"]),
+        weight_decay=float(config["weight_decay"]),
+    )
+
+
+def _loss(task: str) -> nn.Module:
+    return nn.MSELoss() if task == "regression" else nn.CrossEntropyLoss()
+
+
+def _tensors(
+    x_num: np.ndarray, x_cat: np.ndarray, y: np.ndarray, task: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training arrays on `device`; a regression target as an (n, 1) float."""
+    y_t = torch.as_tensor(y, device=device)
+    if task == "regression":
+        y_t = y_t.float().unsqueeze(1)
+    return (
+        torch.as_tensor(x_num, device=device),
+        torch.as_tensor(x_cat, device=device),
+        y_t,
+    )
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
