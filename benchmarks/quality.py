@@ -947,7 +947,10 @@ def package_versions(flaml_python: Path | None) -> dict[str, str | None]:
 
 
 def git_commit() -> str:
-    """The checked-out commit, with ``-dirty`` when tracked files have changed."""
+    """The checked-out commit, with ``-dirty`` when tracked files have changed.
+
+    The results folder does not count: a resumed run rewrites its own files there.
+    """
     try:
         head = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -956,7 +959,17 @@ def git_commit() -> str:
             check=True,
         ).stdout.strip()
         changed = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)benchmarks/results",
+            ],
             capture_output=True,
             text=True,
             check=True,
