@@ -9,7 +9,9 @@ is scored on the same test file:
 
 - ``local``: ``Broker.run`` with only the local provider and the budget as
   ``max_runtime_s``; its saved model's best network alone is also scored on the test
-  rows, as ``local-networks`` (no extra training);
+  rows, as ``local-networks`` (no extra training; on tables the local backend bags,
+  the refitted network with the best out-of-fold score, the mean of its fold
+  networks);
 - ``h2o``: ``Broker.run`` with only the H2O provider, closed after each cell so no JVM
   stays;
 - ``flaml``: FLAML AutoML with ``time_budget`` = the budget, in a subprocess of a
@@ -1019,7 +1021,8 @@ def render_markdown(payload: Record) -> str:
         "Each backend trains on the same 80% of rows and is scored by the broker's "
         "metrics on the same 20% (stratified split per seed). Values are means over "
         "seeds; 'vs H2O' divides by H2O's mean over the seeds both finished. "
-        "`local-networks` is the best network of the local model alone. Peak MiB is "
+        "`local-networks` is the best network of the local model alone (below 10,000 "
+        "training rows the mean of its 5 fold networks). Peak MiB is "
         "the largest summed resident memory of the benchmark's process tree (the H2O "
         "JVM and the FLAML subprocess included).",
         "",

@@ -4,6 +4,7 @@ outputs, the time cap, saving and loading, and how the local job's model is chos
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from threadpoolctl import threadpool_limits
 from broker.errors import ConfigurationError
 from broker.local.bagging import BaggedModel, fit_classical_cv, fold_rows
 from broker.local.classical import ClassicalConfig, load_classical
-from broker.local.export import load_ensemble
+from broker.local.export import TorchTabularModel, load_ensemble
 from broker.local.search import SearchOptions, run_automl
 from broker.local.space import Categorical, SearchSpace
 
@@ -265,6 +266,8 @@ def test_automl_bagged_model_saves_its_bagged_networks_and_trees(
 
     assert all(isinstance(m.model, BaggedModel) for m in loaded.members)
     best = loaded.best_network()
+    refitted = {n.name for n in bagged_automl.networks}
+    assert f"trial-{bagged_automl.best.trial_number}" in refitted
     by_oof = max(bagged_automl.networks, key=lambda n: n.score)  # the best refitted
     assert loaded.metadata["best_network"] == by_oof.name
     assert f"trial-{best.metadata['trial']}" == by_oof.name
@@ -277,6 +280,25 @@ def test_automl_bagged_model_saves_its_bagged_networks_and_trees(
     np.testing.assert_allclose(
         loaded.predict_proba(frame), model.predict_proba(frame), atol=1e-9
     )
+
+
+def test_automl_best_network_stays_the_search_best_when_it_was_not_refitted(
+    bagged_automl,  # type: ignore[no-untyped-def]
+) -> None:
+    best_name = f"trial-{bagged_automl.best.trial_number}"
+    others = [n for n in bagged_automl.networks if n.name != best_name]
+    trees = {bagged_automl.classical.fits[0].name: 1.0}
+    result = replace(
+        bagged_automl,
+        networks=others,
+        selection=replace(bagged_automl.selection, weights=trees),
+    )
+
+    model = result.final_model()
+
+    assert model.metadata["best_network"] == best_name
+    member = next(m for m in model.members if m.name == best_name)
+    assert isinstance(member.model, TorchTabularModel) and member.weight == 0.0
 
 
 def test_automl_folds_zero_weighs_trees_and_networks_on_one_split() -> None:

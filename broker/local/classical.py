@@ -543,7 +543,9 @@ class ClassicalRun:
     target: np.ndarray | None = field(default=None, repr=False)
     folds: int = 0
     # the folds' row positions (fit, held out), for refitting the networks on them
-    splits: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+    splits: list[tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=list, repr=False
+    )
 
 
 @dataclass

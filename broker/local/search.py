@@ -309,9 +309,10 @@ class SearchResult:
 
     def final_model(self) -> LocalEnsembleModel:
         """The job's model: the chosen weights over the candidates, with the best
-        network always a member (weight 0 when unused). When the networks were
-        refitted on the folds, the best network is the refitted one with the best
-        out-of-fold score; otherwise the search's best trial.
+        network always a member (weight 0 when unused). That is the search's best
+        trial, or, when it was refitted on the folds, the refitted network with the
+        best out-of-fold score (a cheaper network refitted in its place is not
+        preferred to it: their scores are not comparable).
 
         Raises:
             NoModelTrainedError: no trial finished (the search was cancelled first).
@@ -320,7 +321,7 @@ class SearchResult:
         assert self.best is not None  # best_model raised otherwise
         best_name = f"trial-{self.best.trial_number}"
         scored = [n for n in self.networks if not math.isnan(n.score)]
-        if self.networks_bagged and scored:
+        if self.networks_bagged and best_name in {n.name for n in scored}:
             reward = self.metric.direction == "maximize"
             best_name = max(scored, key=lambda n: n.score if reward else -n.score).name
         weights = dict(self.selection.weights) if self.selection else {best_name: 1.0}
