@@ -788,7 +788,7 @@ def _bag_networks(
     if not result.networks or result.validation_target is None:
         return
     by_number = {t.trial_number: t for t in result.trials}
-    trials = [by_number[int(c.name.split("-")[1])] for c in result.networks]
+    trials = [by_number[c.model.metadata["trial"]] for c in result.networks]
     bagging = fit_networks_cv(
         train,
         target=target,
