@@ -67,7 +67,10 @@ def _run_in_process(config: dict[str, Any], barrier: Any, results: Any) -> None:
 
 @pytest.mark.slow  # two spawned interpreters: about 6 s
 def test_race_two_processes_same_key_make_one_job_and_share_its_result(tmp_path):
-    config = make_config(tmp_path)
+    # a lease of 300 simulated seconds lasts half a real second at 600x: a loaded
+    # machine can stall the driver that long and let the other process take over, a
+    # takeover this test does not check; ten real seconds keep the driver's lease
+    config = {**make_config(tmp_path), "lease_s": 6000}
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     results = ctx.Queue()

@@ -614,7 +614,7 @@ def build_broker(config: Mapping[str, Any], **overrides: Any) -> Any:
     Config keys: ``store`` (job store file), ``service`` (the fakes' file),
     ``providers`` (name -> :class:`DurableProvider` keyword settings), and optionally
     ``time_scale`` (600), ``poll_interval_s`` (30), ``backoff_s`` (5),
-    ``pending_timeout_s`` (600). Every process given the same config sees the same
+    ``pending_timeout_s`` (600), ``lease_s`` (300). Every process given the same config sees the same
     store and the same "cloud".
     """
     from broker.runner import Broker
@@ -638,6 +638,7 @@ def build_broker(config: Mapping[str, Any], **overrides: Any) -> Any:
         "poll_interval_s": float(config.get("poll_interval_s", 30.0)),
         "backoff_s": float(config.get("backoff_s", 5.0)),
         "pending_timeout_s": float(config.get("pending_timeout_s", 600.0)),
+        "lease_s": float(config.get("lease_s", 300.0)),
         "local_rate_usd_per_hour": Decimal("7.20"),  # local ranks last
         **overrides,
     }
