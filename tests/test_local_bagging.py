@@ -359,3 +359,53 @@ def test_automl_bagging_out_of_time_leaves_the_rest_of_the_budget_to_the_network
     assert run.folds == 5 and run.fits == []
     assert len(run.skipped) == 8
     assert "were not fitted on all 5 folds" in run.notes[-1]
+
+
+def test_cv_search_times_a_drawn_configuration_by_its_kind_over_all_folds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import broker.local.classical as classical_module
+
+    frame = _table(200)
+    y = frame.pop("label").to_numpy()
+    splits = fold_rows(y, "binary", folds=2, seed=0)
+    assert splits is not None
+    now = [0.0]
+    fitters = dict(classical_module._FITTERS)
+
+    def charged(algorithm: str, cost: float) -> object:
+        def fit(*args: object) -> object:
+            fitted = fitters[algorithm](*args)  # type: ignore[arg-type]
+            now[0] += cost
+            return fitted
+
+        return fit
+
+    monkeypatch.setattr(
+        classical_module,
+        "_FITTERS",
+        {**fitters, "hist_gradient_boosting": charged("hist_gradient_boosting", 1.0)},
+    )
+
+    run = fit_classical_cv(
+        frame,
+        y,
+        task="binary",
+        classes=[0, 1],
+        numeric=["f_a", "f_b"],
+        categorical=["f_color"],
+        seed=0,
+        time_cap_s=9,
+        splits=splits,
+        configs={"hgb": TWO["hgb"]},
+        clock=lambda: now[0],
+        search=True,
+    )
+
+    # 2 s per boosting configuration (two folds of 1 s); a drawn one needs 4 s left:
+    # drawn at 2 and 4 s, not at 6 s; forests never ran, so none is drawn
+    assert [f.name for f in run.fits] == ["hgb", "hgb-random-1", "hgb-random-3"]
+    assert now[0] == 6.0
+    for fit in run.fits:
+        assert fit.validation_output.shape == (200, 2)
+        assert isinstance(fit.model, BaggedModel) and len(fit.model.folds) == 2

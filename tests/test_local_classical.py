@@ -19,9 +19,11 @@ from sklearn.ensemble import (
 )
 from threadpoolctl import threadpool_limits
 
+import broker.local.classical as classical_module
 from broker.errors import ConfigurationError
 from broker.local.classical import (
     CONFIGS,
+    SEARCH_CONFIGS,
     ClassicalConfig,
     ClassicalExportError,
     ColumnCodes,
@@ -29,6 +31,7 @@ from broker.local.classical import (
     extract_trees,
     fit_classical,
     load_classical,
+    sampled_configs,
 )
 
 
@@ -427,3 +430,111 @@ def test_classical_every_kind_joins_the_saved_ensemble_and_loads_without_pickle(
     assert stored == sorted(
         ["model.json"] * 4 + ["trees.npz", "coefficients.npz", "forest.npz"]
     )
+
+
+class _CostClock:
+    """Seconds that move only when a fit finishes, by that kind's cost."""
+
+    def __init__(self, costs: dict[str, float]) -> None:
+        self.now = 0.0
+        self.costs = costs
+
+    def __call__(self) -> float:
+        return self.now
+
+    def charge(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Make each fitter advance the clock by its algorithm's cost."""
+        fitters = dict(classical_module._FITTERS)
+
+        def charged(algorithm: str) -> Any:
+            def fit(*args: Any) -> Any:
+                fitted = fitters[algorithm](*args)
+                self.now += self.costs[algorithm]
+                return fitted
+
+            return fit
+
+        monkeypatch.setattr(
+            classical_module, "_FITTERS", {a: charged(a) for a in fitters}
+        )
+
+
+def test_classical_drawn_configurations_are_seeded_in_turn_and_in_range() -> None:
+    drawn = list(sampled_configs(0))
+    again = list(sampled_configs(0))
+    other = list(sampled_configs(1))
+
+    assert drawn == again and drawn != other
+    assert len(drawn) == SEARCH_CONFIGS == 16
+    assert [name for name, _ in drawn[:4]] == [
+        "hgb-random-1",
+        "extra-trees-random-2",
+        "hgb-random-3",
+        "extra-trees-random-4",
+    ]
+    for name, config in drawn:
+        params = config.params
+        if name.startswith("hgb-"):
+            assert config.algorithm == "hist_gradient_boosting"
+            assert 0.02 <= params["learning_rate"] <= 0.2
+            assert 8 <= params["max_leaf_nodes"] <= 256
+            assert 2 <= params["min_samples_leaf"] <= 100
+            assert 1e-3 <= params["l2_regularization"] <= 10.0
+            assert 0.5 <= params["max_features"] <= 1.0
+            assert params["max_iter"] == 1000
+        else:
+            assert config.algorithm == "extra_trees"
+            assert params["max_features"] in ("sqrt", 0.5, 0.75, 1.0)
+            assert 1 <= params["min_samples_leaf"] <= 8
+            assert params["n_estimators"] == 300
+
+
+def test_classical_search_fits_drawn_configurations_while_the_cap_has_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    frame, y, numeric, categorical = _real_table("binary")
+    clock = _CostClock({"hist_gradient_boosting": 2.0, "extra_trees": 3.0})
+    clock.charge(monkeypatch)
+    seeded = {
+        "hgb-default": CONFIGS["hgb-default"],
+        "extra-trees": CONFIGS["extra-trees"],
+    }
+    settings: dict[str, Any] = {
+        "task": "binary",
+        "classes": [0, 1],
+        "numeric": numeric,
+        "categorical": categorical,
+        "seed": 0,
+        "time_cap_s": 20,
+        "configs": seeded,
+        "clock": clock,
+    }
+
+    run = fit_classical(
+        frame.iloc[:400], y[:400], frame.iloc[400:], search=True, **settings
+    )
+
+    # seeded fits end at 5 s; a drawn one starts only with twice its kind's slowest
+    # time left: boosting at 5, 10 and 15 s (4 s needed), forests at 7 and 12 s (6 s);
+    # at 17 s neither fits in the 3 s left
+    assert [f.name for f in run.fits] == [
+        "hgb-default",
+        "extra-trees",
+        "hgb-random-1",
+        "extra-trees-random-2",
+        "hgb-random-3",
+        "extra-trees-random-4",
+        "hgb-random-5",
+    ]
+    assert clock.now == 17.0
+    drawn = dict(sampled_configs(0))
+    assert (
+        run.fits[3].params["max_features"]
+        == drawn["extra-trees-random-2"].params["max_features"]
+    )
+    assert run.skipped == [] and run.notes == []
+
+    clock.now = 0.0
+    plain = fit_classical(frame.iloc[:400], y[:400], frame.iloc[400:], **settings)
+
+    assert [f.name for f in plain.fits] == ["hgb-default", "extra-trees"]

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from broker.errors import ConfigurationError
+from broker.local.classical import CONFIGS, SEARCH_CONFIGS, sampled_configs
 from broker.local.ensemble import Candidate, combine, greedy_selection
 from broker.local.export import LocalEnsembleModel
 from broker.local.journal import ResumeState, TrialJournal, read_journal
@@ -212,16 +213,11 @@ def test_automl_fits_networks_and_trees_on_the_same_validation_rows(
 
     # the space holds two configurations, so both trials are kept
     assert [c.kind for c in candidates].count("network") == len(automl.trials) == 2
-    assert [c.name for c in candidates if c.kind == "classical"] == [
-        "hgb-default",
-        "linear-l2",
-        "extra-trees",
-        "linear-l2-strong",
-        "hgb-slow",
-        "extra-trees-leaf5",
-        "hgb-wide",
-        "hgb-l2",
-    ]
+    names = [c.name for c in candidates if c.kind == "classical"]
+    assert names[:8] == list(CONFIGS)
+    # then the drawn configurations that had time, in their drawn order
+    drawn = [name for name, _ in sampled_configs(0)]
+    assert names[8:] == [name for name in drawn if name in names[8:]]
     assert automl.validation_target is not None
     assert {len(c.validation_output) for c in candidates} == {60}
     assert automl.best is not None
@@ -333,7 +329,11 @@ def test_local_run_folder_predict_reproduces_the_held_out_metrics(
     assert again.metrics is not None
     assert again.metrics.values == result.holdout_metrics
     units = result.cost.provider_units
-    assert units["models"] == {"networks": 2, "classical": 8}
+    # the eight seeded classical configurations and the drawn ones that had time
+    kinds = {"hist_gradient_boosting", "linear", "extra_trees"}
+    classical = [e for e in result.leaderboard if e.algorithm in kinds]
+    assert units["models"] == {"networks": 2, "classical": len(classical)}
+    assert 8 <= len(classical) <= 8 + SEARCH_CONFIGS
     assert sum(units["ensemble"]["weights"].values()) == pytest.approx(1.0)
     # the SDK's run model takes the user's own column names, as the CLI does
     run = load_run(tmp_path / "run")
@@ -392,7 +392,8 @@ def test_automl_resumed_search_keeps_the_checkpointed_network_and_refits_trees(
     # the resumed trials keep only the checkpointed best's weights; 3 and 4 are new
     networks = {c.name for c in resumed.candidates() if c.kind == "network"}
     assert networks == {f"trial-{resume.checkpoint_trial}", "trial-3", "trial-4"}
-    assert resumed.classical is not None and len(resumed.classical.fits) == 8
+    assert resumed.classical is not None
+    assert [f.name for f in resumed.classical.fits[:8]] == list(CONFIGS)
 
 
 def test_automl_resumed_without_budget_is_the_checkpointed_network_alone(

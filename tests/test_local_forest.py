@@ -131,14 +131,14 @@ def test_forest_grows_in_steps_and_stops_when_told() -> None:
 
 def test_forest_leaves_are_capped_on_larger_data() -> None:
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(5000, 3))
-    y = (x[:, 0] + rng.normal(size=5000) > 0).astype(int)
+    x = rng.normal(size=(9000, 3))
+    y = (x[:, 0] + rng.normal(size=9000) > 0).astype(int)
 
     estimator = fit_forest_estimator(
         x, y, task="binary", params={"n_estimators": 3}, seed=0, threads=1
     )
 
-    # ceil(5000 / 2048) = 3 rows at least per leaf keeps every tree under the cap
+    # ceil(9000 / 4096) = 3 rows at least per leaf keeps every tree under the cap
     assert estimator.min_samples_leaf == 3
     assert max(t.tree_.n_leaves for t in estimator.estimators_) <= MAX_LEAVES_PER_TREE
 

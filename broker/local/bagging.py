@@ -34,6 +34,7 @@ from broker.local.classical import (
     ClassicalFit,
     ClassicalRun,
     fit_classical,
+    fit_drawn,
 )
 from broker.local.preprocess import _jsonable
 
@@ -196,6 +197,7 @@ def fit_classical_cv(
     clock: Callable[[], float] = time.monotonic,
     should_stop: Callable[[], bool] | None = None,
     threads: int | None = None,
+    search: bool = False,
 ) -> ClassicalRun:
     """Fit each configuration on every fold; keep its out-of-fold outputs.
 
@@ -207,7 +209,9 @@ def fit_classical_cv(
         frame: all the training rows (safe names); `y` holds their targets (class
             indices into `classes`, or values).
         splits: :func:`fold_rows`'s pairs.
-        Others: as :func:`broker.local.classical.fit_classical`.
+        Others: as :func:`broker.local.classical.fit_classical` (`search` times a
+            drawn configuration by the slowest earlier one of its kind over all
+            folds).
 
     Returns:
         The stage's run: each fit's `validation_output` covers every row of `frame`
@@ -223,10 +227,9 @@ def fit_classical_cv(
         stopped = should_stop is not None and should_stop()
         return clock() - started < time_cap_s and not stopped
 
-    for name, config in configs.items():
-        if not in_time():
-            run.skipped.append(name)
-            continue
+    longest: dict[str, float] = {}  # seconds of the slowest config of each algorithm
+
+    def fit_one(name: str, config: ClassicalConfig) -> bool:
         output = np.zeros(len(y) if regression else (len(y), len(classes)))
         models: list[Any] = []
         iterations, t0, complete = 0, clock(), True
@@ -254,9 +257,11 @@ def fit_classical_cv(
             iterations += fold.fits[0].iterations
 
         if not complete:
-            run.skipped.append(name)
-            continue
+            return False
         first = models[0]
+        longest[config.algorithm] = max(
+            longest.get(config.algorithm, 0.0), clock() - t0
+        )
         run.fits.append(
             ClassicalFit(
                 name=name,
@@ -279,6 +284,20 @@ def fit_classical_cv(
             config.algorithm,
             len(models),
             clock() - t0,
+        )
+        return True
+
+    for name, config in configs.items():
+        if not in_time() or not fit_one(name, config):
+            run.skipped.append(name)
+
+    if search:
+        fit_drawn(
+            seed,
+            fit_one,
+            in_time=in_time,
+            left_s=lambda: time_cap_s - (clock() - started),
+            longest=longest,
         )
 
     run.elapsed_s = clock() - started

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,6 +86,52 @@ CONFIGS: dict[str, ClassicalConfig] = {
     ),
     "hgb-l2": ClassicalConfig(ALGORITHM, {"l2_regularization": 10.0, "max_iter": 300}),
 }
+# With `search`, once the seeded list is done and its cap still has time, settings drawn
+# at random (seeded) from the ranges of `sampled_configs`, boosting and forests in turn,
+# at most this many: the stage's score then grows with the budget instead of leaving
+# its time unused.
+SEARCH_CONFIGS = 16
+
+
+def sampled_configs(
+    seed: int, count: int = SEARCH_CONFIGS
+) -> Iterator[tuple[str, ClassicalConfig]]:
+    """Seeded random configurations, gradient boosting and extremely randomised trees
+    in turn: ``hgb-random-1``, ``extra-trees-random-2`` and so on.
+
+    Boosting draws its learning rate (0.02 to 0.2) and L2 penalty (0.001 to 10) on a
+    log scale, its leaves per tree (8 to 256) and smallest leaf (2 to 100) as
+    log-uniform integers, and the share of columns each split may use (0.5 to 1); up
+    to 1,000 iterations, stopped early on its own validation split. The forests draw
+    the columns per split (the square root of their number, or a half, three quarters
+    or all of them) and the smallest leaf (1 to 8 rows).
+    """
+    rng = np.random.default_rng([seed, 20261205])
+
+    def log_uniform(low: float, high: float) -> float:
+        return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+    for number in range(1, count + 1):
+        if number % 2:
+            params: dict[str, Any] = {
+                "learning_rate": round(log_uniform(0.02, 0.2), 4),
+                "max_leaf_nodes": int(round(log_uniform(8, 256))),
+                "min_samples_leaf": int(round(log_uniform(2, 100))),
+                "l2_regularization": round(log_uniform(1e-3, 10.0), 4),
+                "max_features": round(float(rng.uniform(0.5, 1.0)), 3),
+                "max_iter": 1000,
+            }
+            yield f"hgb-random-{number}", ClassicalConfig(ALGORITHM, params)
+        else:
+            columns = ["sqrt", 0.5, 0.75, 1.0][int(rng.integers(4))]
+            params = {
+                "n_estimators": 300,
+                "max_features": columns,
+                "min_samples_leaf": int(round(log_uniform(1, 8))),
+            }
+            yield f"extra-trees-random-{number}", ClassicalConfig(EXTRA_TREES, params)
+
+
 # Below these sizes the trees' own early-stopping split is too small to trust; the
 # configurations then run at most this many iterations.
 EARLY_STOPPING_MIN_ROWS = 200
@@ -610,6 +656,7 @@ def fit_classical(
     clock: Callable[[], float] = time.monotonic,
     should_stop: Callable[[], bool] | None = None,
     threads: int | None = None,
+    search: bool = False,
 ) -> ClassicalRun:
     """Fit the classical configurations in order until the time cap is spent.
 
@@ -628,6 +675,8 @@ def fit_classical(
             (at least one). More threads than free cores make OpenMP's waiting
             threads spin, which slows fitting by orders of magnitude on a busy
             machine.
+        search: after `configs`, fit :func:`sampled_configs` while the cap has time
+            for one more of their kind (as long as the longest of that kind so far).
 
     Returns:
         The fitted configurations, those skipped for time, and notes.
@@ -662,17 +711,16 @@ def fit_classical(
         stopped = should_stop is not None and should_stop()
         return clock() - started < time_cap_s and not stopped
 
-    for name, config in configs.items():
-        # TODO(local-classical-cap): a boosting or linear configuration that starts
-        # just before the cap runs to its end; fitting boosting in chunks with
-        # warm_start would let it stop there, as the forests do.
-        if not in_time():
-            run.skipped.append(name)
-            continue
+    longest: dict[str, float] = {}  # seconds of the slowest fit of each algorithm
+
+    def fit_one(name: str, config: ClassicalConfig) -> None:
         t0 = clock()
         with threadpool_limits(limits=rows.threads):
             fit = _FITTERS[config.algorithm](name, config, rows, in_time)
         fit.training_time_s = clock() - t0
+        longest[fit.algorithm] = max(
+            longest.get(fit.algorithm, 0.0), fit.training_time_s
+        )
         run.fits.append(fit)
         logger.info(
             "%s (%s): %d iterations in %.1fs",
@@ -693,6 +741,24 @@ def fit_classical(
                 f"{name}: {fit.iterations} of {wanted} trees were grown; {reason}"
             )
 
+    for name, config in configs.items():
+        # TODO(local-classical-cap): a boosting or linear configuration that starts
+        # just before the cap runs to its end; fitting boosting in chunks with
+        # warm_start would let it stop there, as the forests do.
+        if not in_time():
+            run.skipped.append(name)
+            continue
+        fit_one(name, config)
+
+    if search:
+        fit_drawn(
+            seed,
+            fit_one,
+            in_time=in_time,
+            left_s=lambda: time_cap_s - (clock() - started),
+            longest=longest,
+        )
+
     run.elapsed_s = clock() - started
     if run.skipped:
         run.notes.append(
@@ -700,6 +766,34 @@ def fit_classical(
             f"of {time_cap_s:.1f} s was spent"
         )
     return run
+
+
+# A drawn configuration starts only with this many times the slowest earlier fit of its
+# kind left in the cap: drawn settings can cost more than the seeded ones (a lower
+# learning rate, more columns per split).
+DRAWN_COST_FACTOR = 2.0
+
+
+def fit_drawn(
+    seed: int,
+    fit_one: Callable[[str, ClassicalConfig], Any],
+    *,
+    in_time: Callable[[], bool],
+    left_s: Callable[[], float],
+    longest: dict[str, float],
+) -> None:
+    """Fit :func:`sampled_configs` in order while the cap has time.
+
+    A drawn configuration starts only once one of its kind has finished and with
+    :data:`DRAWN_COST_FACTOR` times the slowest of them (`longest`, seconds by
+    algorithm) left; one that would not fit is passed over for the next.
+    """
+    for name, config in sampled_configs(seed):
+        if not in_time():
+            return
+        slowest = longest.get(config.algorithm)
+        if slowest is not None and DRAWN_COST_FACTOR * slowest <= left_s():
+            fit_one(name, config)
 
 
 def _fit_boosting(
@@ -833,6 +927,7 @@ def _can_stop_early(task: str, y_fit: np.ndarray) -> bool:
 __all__ = [
     "ALGORITHM",
     "CONFIGS",
+    "SEARCH_CONFIGS",
     "EXTRA_TREES",
     "LINEAR",
     "MODEL_FORMAT",
@@ -846,5 +941,7 @@ __all__ = [
     "TreeArrays",
     "extract_trees",
     "fit_classical",
+    "fit_drawn",
     "load_classical",
+    "sampled_configs",
 ]

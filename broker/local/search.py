@@ -863,6 +863,7 @@ def _fit_classical(
         "categorical": categorical,
         "seed": options.seed,
         "should_stop": stop_event.is_set,
+        "search": True,
     }
     if options.folds and len(train) <= CV_MAX_ROWS:
         y = targets(train)
