@@ -143,6 +143,20 @@ def test_forest_leaves_are_capped_on_larger_data() -> None:
     assert max(t.tree_.n_leaves for t in estimator.estimators_) <= MAX_LEAVES_PER_TREE
 
 
+def test_forest_grows_single_row_leaves_up_to_the_cap() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4096, 3))
+    y = (x[:, 0] + rng.normal(size=4096) > 0).astype(int)
+
+    estimator = fit_forest_estimator(
+        x, y, task="binary", params={"n_estimators": 2}, seed=0, threads=1
+    )
+
+    # noisy labels: fully grown trees end in leaves of one row each
+    assert estimator.min_samples_leaf == 1
+    assert min(t.tree_.n_node_samples.min() for t in estimator.estimators_) == 1
+
+
 def test_forest_saved_model_is_plain_arrays(tmp_path: Path) -> None:
     _, estimator, model = _fitted("multiclass")
 
