@@ -614,8 +614,8 @@ def build_broker(config: Mapping[str, Any], **overrides: Any) -> Any:
     Config keys: ``store`` (job store file), ``service`` (the fakes' file),
     ``providers`` (name -> :class:`DurableProvider` keyword settings), and optionally
     ``time_scale`` (600), ``poll_interval_s`` (30), ``backoff_s`` (5),
-    ``pending_timeout_s`` (600), ``lease_s`` (300). Every process given the same config sees the same
-    store and the same "cloud".
+    ``pending_timeout_s`` (600), ``lease_s`` (300). Every process given the same config
+    sees the same store and the same "cloud".
     """
     from broker.runner import Broker
     from broker.store import JobStore
