@@ -256,3 +256,14 @@ def test_costs_cli_module_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_costs_table_shows_micro_dollars_half_up() -> None:
+    from broker.commands.money import _usd
+
+    # a per-second charge: the ledger keeps the exact quotient, the table micro-dollars
+    assert _usd(Decimal("0.010005570416666666666666666667")) == "$0.010006"
+    assert _usd(Decimal("0.0000005")) == "$0.000001"
+    assert _usd(Decimal("10.753278")) == "$10.753278"
+    assert _usd(Decimal("2")) == "$2.00"
+    assert _usd(None) == "-"

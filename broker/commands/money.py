@@ -6,7 +6,7 @@ Call :func:`register` on the CLI's Typer app to add them.
 from __future__ import annotations
 
 import sys
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -270,11 +270,13 @@ def _spend_row(
 
 
 def _usd(value: Any) -> str:
-    """Dollars with at least two decimals and every digit the ledger keeps beyond them,
-    so a local run's $0.0033 does not read as $0.00."""
+    """Dollars with at least two decimals and up to micro-dollars (half up), so a local
+    run's $0.0033 does not read as $0.00 and a per-second charge does not print 28
+    digits; ``--json`` keeps the ledger's exact values."""
     if value is None:
         return "-"
-    whole, _, fraction = f"{Decimal(value):f}".partition(".")
+    micro = Decimal(value).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+    whole, _, fraction = f"{micro:f}".partition(".")
     return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
