@@ -676,7 +676,7 @@ def fit_classical(
             threads spin, which slows fitting by orders of magnitude on a busy
             machine.
         search: after `configs`, fit :func:`sampled_configs` while the cap has time
-            for one more of their kind (as long as the longest of that kind so far).
+            for one more of their kind (see :func:`fit_drawn`).
 
     Returns:
         The fitted configurations, those skipped for time, and notes.
