@@ -7,9 +7,12 @@ test can reach a real account or the instance metadata address by accident.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
 CREDENTIAL_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCLOUD_", "CLOUDSDK_", "H2O_")
@@ -48,3 +51,31 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"shared datasets folder absent: {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+@pytest.fixture
+def trial_data() -> Callable[[pd.DataFrame], tuple[Any, Any]]:
+    """Turn a frame of numeric `a`, `b` and a yes/no `label` into one trial's data
+    (validated on its own rows) and the ROC AUC metric."""
+    from broker.local.preprocess import TabularPreprocessor
+    from broker.local.scoring import ValidationMetric
+    from broker.local.trainer import TrialData
+
+    def make(frame: pd.DataFrame) -> tuple[Any, Any]:
+        pre = TabularPreprocessor.fit(frame, numeric=["a", "b"], categorical=[])
+        x_num, x_cat = pre.transform(frame)
+        y = (frame["label"] == "yes").to_numpy().astype(np.int64)
+        data = TrialData(
+            task="binary",
+            n_outputs=2,
+            x_num_train=x_num,
+            x_cat_train=x_cat,
+            y_train=y,
+            x_num_val=x_num,
+            x_cat_val=x_cat,
+            y_val=y,
+            cardinalities=pre.cardinalities,
+        )
+        return data, ValidationMetric.create("roc_auc", "binary", 1)
+
+    return make

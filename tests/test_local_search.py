@@ -12,11 +12,9 @@ import torch
 from sklearn.metrics import mean_squared_error
 
 from broker.errors import ConfigurationError, NoModelTrainedError
-from broker.local.preprocess import TabularPreprocessor
-from broker.local.scoring import ValidationMetric
 from broker.local.search import SearchOptions, run_search
 from broker.local.space import Categorical, SearchSpace
-from broker.local.trainer import TrialData, train_trial
+from broker.local.trainer import train_trial
 
 SMALL = {
     "depth": 1,
@@ -268,9 +266,9 @@ def test_search_ten_second_limit_returns_within_twelve() -> None:
     assert time.monotonic() - started < 12.0
 
 
-def test_trainer_epoch_past_the_hard_deadline_is_abandoned() -> None:
+def test_trainer_epoch_past_the_hard_deadline_is_abandoned(trial_data) -> None:  # type: ignore[no-untyped-def]
     frame = _binary_frame(400)
-    data, metric = _trial_data(frame)
+    data, metric = trial_data(frame)
     past = time.monotonic() - 1.0
 
     abandoned = train_trial(
@@ -304,21 +302,3 @@ def test_trainer_epoch_past_the_hard_deadline_is_abandoned() -> None:
     assert (abandoned.epochs_run, abandoned.stop_reason) == (0, "deadline")
     assert (kept.epochs_run, kept.stop_reason) == (1, "deadline")
     assert kept.state_dict
-
-
-def _trial_data(frame: pd.DataFrame) -> tuple[TrialData, ValidationMetric]:
-    pre = TabularPreprocessor.fit(frame, numeric=["a", "b"], categorical=[])
-    x_num, x_cat = pre.transform(frame)
-    y = (frame["label"] == "yes").to_numpy().astype(np.int64)
-    data = TrialData(
-        task="binary",
-        n_outputs=2,
-        x_num_train=x_num,
-        x_cat_train=x_cat,
-        y_train=y,
-        x_num_val=x_num,
-        x_cat_val=x_cat,
-        y_val=y,
-        cardinalities=pre.cardinalities,
-    )
-    return data, ValidationMetric.create("roc_auc", "binary", 1)

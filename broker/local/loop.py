@@ -3,7 +3,8 @@
 :class:`SearchLoop` keeps the bookkeeping every way shares: which trial comes next, when
 no further trial may start (deadline, cancellation, trial limit, no improvement), the
 pruner's decisions and the best trial. Trials then run one after another in the calling
-thread, in worker processes (:mod:`broker.local.parallel`), or on a Ray cluster.
+thread, in worker processes (:mod:`broker.local.parallel`), or on a Ray cluster
+(:mod:`broker.local.cluster`).
 """
 
 from __future__ import annotations
@@ -284,81 +285,3 @@ def run_in_workers(loop: SearchLoop, data: TrialData, execution: Execution) -> s
                     loop.record(message[2])
     finally:
         pool.close()
-
-
-def run_on_ray(loop: SearchLoop, data: TrialData, options: SearchOptions) -> str:
-    """Trials as tasks on an existing Ray cluster, as many at once as it has CPUs."""
-    # TODO(local-ray): this path has never run against a cluster (Ray is an optional
-    # extra, not installed where the tests run). Trials on Ray are not pruned, and a
-    # trial still running at the deadline is cancelled without keeping its score;
-    # per-epoch reports through a Ray queue would give them the in-process semantics.
-    ray = require_ray(str(options.ray_address))
-    ray.init(address=options.ray_address, ignore_reinit_error=True)
-    remote = ray.remote(_train_detached)
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    running: dict[Any, int] = {}
-    reason: str | None = None
-    while True:
-        if reason is None:
-            reason = loop.should_stop()
-        while reason is None and len(running) < slots:
-            begun = loop.begin()
-            if begun is None:
-                reason = "space_exhausted"
-                break
-            number, config = begun
-            ref = remote.remote(
-                number,
-                config,
-                data,
-                loop.metric,
-                options.patience,
-                options.max_epochs,
-                loop.seed_of(number),
-                loop.deadline + DEADLINE_GRACE_S,
-            )
-            running[ref] = number
-            reason = loop.should_stop()
-        if not running:
-            return reason or "space_exhausted"
-        done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-        for ref in done:
-            running.pop(ref)
-            loop.record(ray.get(ref))
-        if (
-            time.monotonic() > loop.deadline + DEADLINE_GRACE_S
-            or loop.stop_event.is_set()
-        ):
-            for ref in running:
-                ray.cancel(ref, force=True)
-            return loop.interrupted() or "deadline"
-
-
-def _train_detached(
-    number: int,
-    config: dict[str, Any],
-    data: TrialData,
-    metric: ValidationMetric,
-    patience: int,
-    max_epochs: int,
-    seed: int,
-    hard_deadline: float,
-) -> TrialOutcome:
-    """One trial away from the search: it stops on its own at the hard deadline."""
-    import torch
-
-    def past_deadline() -> str | None:
-        return "deadline" if time.monotonic() >= hard_deadline else None
-
-    return train_trial(
-        number,
-        config,
-        data,
-        metric,
-        patience=patience,
-        max_epochs=max_epochs,
-        should_stop=past_deadline,
-        device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
-        seed=seed,
-        hard_deadline=hard_deadline,
-    )

@@ -53,7 +53,6 @@ from broker.local.loop import (
     require_ray,
     run_in_thread,
     run_in_workers,
-    run_on_ray,
 )
 from broker.local.preprocess import TabularPreprocessor, TargetEncoder
 from broker.local.pruning import PRUNERS
@@ -537,6 +536,8 @@ def run_search(
         notes.append(f"resumed after {len(resume.trials)} completed trials")
         logger.info("resumed after %d completed trials", len(resume.trials))
     if options.ray_address:
+        from broker.local.cluster import run_on_ray
+
         reason = run_on_ray(loop, data, options)
     else:
         execution = execution or _plan(options)

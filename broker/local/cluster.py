@@ -1,0 +1,233 @@
+"""Trials on an existing Ray cluster, judged and stopped as they are on this machine.
+
+Each trial runs as a Ray task. After every epoch it reports its best score to a small
+actor, the epoch board, and waits for the search's answer: go on, prune, or stop because
+of the deadline or a cancellation. The search (the calling process) reads the board, asks
+the same pruner the other ways of running trials ask, and posts the answers, so a pruning
+decision does not depend on where the trial ran.
+
+Deadlines cross machines as wall-clock times: a task turns the search's deadline into its
+own monotonic clock when it starts, so the nodes' clocks must agree to within a second or
+so (NTP). A trial still running at the deadline stops at its next epoch boundary, or
+abandons an epoch in progress after the grace period, and returns its best score like any
+other trial. A task that has not returned `RETURN_ALLOWANCE_S` after that is cancelled,
+and the log says its result was lost.
+
+The cluster runs this package's code: the search ships the `broker` package to it as a
+runtime-environment module, and the nodes need the project's dependencies (torch, numpy,
+pandas, scikit-learn, optuna) installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from broker.errors import ProviderUnavailableError
+from broker.local.loop import DEADLINE_GRACE_S, SearchLoop, require_ray
+from broker.local.scoring import ValidationMetric
+from broker.local.trainer import TrialData, TrialOutcome, train_trial
+
+if TYPE_CHECKING:
+    from broker.local.search import SearchOptions
+
+logger = logging.getLogger(__name__)
+
+# How long after the hard deadline the search waits for a task to return its result.
+RETURN_ALLOWANCE_S = 5.0
+# How often the search reads the board, and a waiting trial asks for its answer.
+POLL_S = 0.05
+ANSWER_POLL_S = 0.01
+
+Report = tuple[int, int, float]  # trial number, epoch index, best score so far
+Answer = tuple[int, int, str]  # trial number, epoch index, "go" / "prune" / a stop
+
+
+class EpochBoard:
+    """Epoch reports from the trials on the cluster and the search's answers.
+
+    Runs as a Ray actor, which calls its methods one at a time.
+    """
+
+    def __init__(self) -> None:
+        self._reports: list[Report] = []
+        self._answers: dict[tuple[int, int], str] = {}
+
+    def report(self, number: int, epoch: int, best_score: float) -> None:
+        self._reports.append((number, epoch, best_score))
+
+    def take_reports(self) -> list[Report]:
+        """The reports since the last call, oldest first."""
+        reports, self._reports = self._reports, []
+        return reports
+
+    def answer(self, answers: list[Answer]) -> None:
+        for number, epoch, verdict in answers:
+            self._answers[(number, epoch)] = verdict
+
+    def verdict(self, number: int, epoch: int) -> str | None:
+        """The answer to a trial's report, once the search has posted it."""
+        return self._answers.pop((number, epoch), None)
+
+
+def run_on_ray(loop: SearchLoop, data: TrialData, options: SearchOptions) -> str:
+    """Trials as tasks on the Ray cluster at `options.ray_address`, as many at once
+    as it has CPUs; returns the search's stop reason.
+
+    Raises:
+        ProviderUnavailableError: Ray is not installed, or a trial failed on the
+            cluster (its nodes lack a dependency, or a node was lost).
+    """
+    import broker
+
+    # TODO(local-ray): tested against the in-process fake of broker.testing.ray_fake,
+    # never yet against a running cluster (connection, shipping, real cancellation).
+    address = str(options.ray_address)
+    ray = require_ray(address)
+    ray.init(
+        address=address,
+        ignore_reinit_error=True,
+        runtime_env={"py_modules": [broker]},
+    )
+    board = ray.remote(EpochBoard).remote()
+    train = ray.remote(train_on_node)
+    shared = ray.put(data)  # sent to the cluster once, not with every trial
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    logger.info("searching on the Ray cluster at %s: %d trials at once", address, slots)
+
+    running: dict[Any, int] = {}
+    reason: str | None = None
+    give_up_at: float | None = None
+    while True:
+        if reason is None:
+            reason = loop.should_stop()
+        while reason is None and len(running) < slots:
+            begun = loop.begin()
+            if begun is None:
+                reason = "space_exhausted"
+                break
+            number, config = begun
+            ref = train.remote(
+                number,
+                config,
+                shared,
+                loop.metric,
+                board,
+                patience=options.patience,
+                max_epochs=options.max_epochs,
+                seed=loop.seed_of(number),
+                deadline_epoch_s=time.time() + (loop.deadline - time.monotonic()),
+                keep_first_epoch=loop.best is None,
+            )
+            running[ref] = number
+            reason = loop.should_stop()
+        if not running:
+            return loop.interrupted() or reason or "space_exhausted"
+
+        _answer(ray, board, loop)
+        done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
+        for ref in done:
+            number = running.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except Exception as exc:  # the task's error, raised again by Ray
+                _cancel(ray, running, "the search stops")
+                raise ProviderUnavailableError(
+                    f"trial {number} failed on the Ray cluster at {address}: "
+                    f"{type(exc).__name__}: {exc}; the cluster's nodes need the "
+                    "project's dependencies (torch, numpy, pandas, scikit-learn, "
+                    "optuna), or leave ray_address out to train on this machine",
+                    provider="local",
+                    reason="ray_trial_failed",
+                ) from None
+            loop.record(outcome)
+
+        stop = loop.interrupted()
+        if stop is not None and give_up_at is None:
+            give_up_at = time.monotonic() + DEADLINE_GRACE_S + RETURN_ALLOWANCE_S
+        if give_up_at is not None and time.monotonic() >= give_up_at:
+            _cancel(ray, running, "its result is lost")
+            return stop or reason or "deadline"
+
+
+def _answer(ray: Any, board: Any, loop: SearchLoop) -> None:
+    """Judge the epochs the trials reported since the last look, and post the answers."""
+    reports = ray.get(board.take_reports.remote())
+    if not reports:
+        return
+    answers: list[Answer] = []
+    for number, epoch, best_score in reports:
+        stop = loop.interrupted()
+        if stop is None and loop.epoch_hook(number)(epoch, best_score):
+            stop = "prune"
+        answers.append((number, epoch, stop or "go"))
+    ray.get(board.answer.remote(answers))
+
+
+def _cancel(ray: Any, running: dict[Any, int], why: str) -> None:
+    for ref, number in running.items():
+        logger.warning(
+            "trial %d is still running on the Ray cluster: cancelled, %s", number, why
+        )
+        ray.cancel(ref, force=True)
+    running.clear()
+
+
+def train_on_node(
+    number: int,
+    config: dict[str, Any],
+    data: TrialData,
+    metric: ValidationMetric,
+    board: Any,
+    *,
+    patience: int,
+    max_epochs: int,
+    seed: int,
+    deadline_epoch_s: float,
+    keep_first_epoch: bool,
+) -> TrialOutcome:
+    """One trial in a Ray task: it reports each epoch to `board` and follows the
+    answer, and stops on its own at the deadline (a wall-clock time)."""
+    import ray
+    import torch
+
+    deadline = time.monotonic() + (deadline_epoch_s - time.time())
+    hard_deadline = deadline + DEADLINE_GRACE_S
+    told: list[str] = []
+
+    def on_epoch(epoch: int, best_score: float) -> bool:
+        ray.get(board.report.remote(number, epoch, best_score))
+        while True:
+            verdict = ray.get(board.verdict.remote(number, epoch))
+            if verdict is not None:
+                break
+            if time.monotonic() >= hard_deadline:
+                verdict = "deadline"  # the search stopped answering
+                break
+            time.sleep(ANSWER_POLL_S)
+        if verdict == "prune":
+            return True
+        if verdict != "go":
+            told.append(verdict)
+        return False
+
+    def should_stop() -> str | None:
+        if told:
+            return told[0]
+        return "deadline" if time.monotonic() >= deadline else None
+
+    return train_trial(
+        number,
+        config,
+        data,
+        metric,
+        patience=patience,
+        max_epochs=max_epochs,
+        should_stop=should_stop,
+        device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+        seed=seed,
+        hard_deadline=hard_deadline,
+        keep_first_epoch=keep_first_epoch,
+        on_epoch=on_epoch,
+    )

@@ -1,0 +1,213 @@
+"""An in-process stand-in for the `ray` module, for the local search's Ray path.
+
+Tasks run on threads of this process, as many at once as the fake cluster has CPUs (the
+rest wait in a queue, as on a cluster); an actor is an object whose methods run one at a
+time. Every task's function and arguments go through pickle first, as Ray would ship
+them to a node, so a search that hands Ray something it cannot send fails here too.
+Nothing listens on a socket. The fake records what the search asked of it::
+
+    cluster = FakeRayCluster(cpus=2)
+    monkeypatch.setitem(sys.modules, "ray", cluster.module())
+    run_search(..., options=SearchOptions(ray_address="ray://127.0.0.1:10001"))
+    assert cluster.max_running == 2
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import threading
+import types
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+_CLUSTERS: dict[int, FakeRayCluster] = {}
+_NEXT_CLUSTER = itertools.count(1)
+
+
+class FakeObjectRef:
+    """A task's result, or a value put into the object store."""
+
+    def __init__(self, future: futures.Future[Any]) -> None:
+        self.future = future
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "an ObjectRef inside a task argument is not resolved by Ray; pass it at "
+            "the top level or put the value in"
+        )
+
+
+class FakeRayCluster:
+    """A Ray cluster inside this process.
+
+    Args:
+        cpus: the cluster's CPUs, which is as many tasks as run at once.
+        task_error: raised by every task instead of running it (for example the
+            ImportError of a node without torch).
+    """
+
+    def __init__(self, cpus: int = 2, task_error: BaseException | None = None) -> None:
+        self.cpus = cpus
+        self.task_error = task_error
+        self.init_calls: list[dict[str, Any]] = []
+        self.puts = 0
+        self.tasks_submitted = 0
+        self.cancelled: list[FakeObjectRef] = []
+        self.running = 0
+        self.max_running = 0
+        self._lock = threading.Lock()
+        self._pool = futures.ThreadPoolExecutor(max_workers=cpus)
+        self._actors: dict[int, Any] = {}
+        self._actor_locks: dict[int, threading.Lock] = {}
+        self._submitted: list[futures.Future[Any]] = []
+        self.id = next(_NEXT_CLUSTER)
+        _CLUSTERS[self.id] = self
+
+    def module(self) -> types.ModuleType:
+        """A module object to install as `sys.modules["ray"]`."""
+        module = types.ModuleType("ray")
+        for name in ("init", "remote", "put", "get", "wait", "cancel"):
+            setattr(module, name, getattr(self, name))
+        module.cluster_resources = self.cluster_resources  # type: ignore[attr-defined]
+        return module
+
+    def close(self) -> None:
+        """Wait for every task, then forget the cluster."""
+        self._pool.shutdown(wait=True)
+        _CLUSTERS.pop(self.id, None)
+
+    @property
+    def unfinished(self) -> int:
+        """Tasks submitted that have neither returned nor been cancelled."""
+        return sum(not f.done() for f in self._submitted)
+
+    # --- the ray module's functions the search calls ---------------------------------
+
+    def init(self, address: str | None = None, **kwargs: Any) -> None:
+        self.init_calls.append({"address": address, **kwargs})
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": float(self.cpus), "memory": 8e9}
+
+    def put(self, value: Any) -> FakeObjectRef:
+        self.puts += 1
+        future: futures.Future[Any] = futures.Future()
+        future.set_result(pickle.loads(pickle.dumps(value)))
+        return FakeObjectRef(future)
+
+    def remote(self, target: Any) -> Any:
+        if isinstance(target, type):
+            return _ActorClass(self, target)
+        return _RemoteFunction(self, target)
+
+    def get(self, ref: Any, timeout: float | None = None) -> Any:
+        if isinstance(ref, list):
+            return [self.get(r, timeout) for r in ref]
+        return ref.future.result(timeout)
+
+    def wait(
+        self,
+        refs: list[FakeObjectRef],
+        *,
+        num_returns: int = 1,
+        timeout: float | None = None,
+    ) -> tuple[list[FakeObjectRef], list[FakeObjectRef]]:
+        when = futures.FIRST_COMPLETED if num_returns == 1 else futures.ALL_COMPLETED
+        futures.wait([r.future for r in refs], timeout=timeout, return_when=when)
+        done = [r for r in refs if r.future.done()][:num_returns]
+        return done, [r for r in refs if r not in done]
+
+    def cancel(self, ref: FakeObjectRef, *, force: bool = False) -> None:
+        self.cancelled.append(ref)
+        ref.future.cancel()  # a queued task never starts; a running one finishes
+
+    # --- internals --------------------------------------------------------------------
+
+    def _submit(self, function: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        args = tuple(
+            a.future.result() if isinstance(a, FakeObjectRef) else a for a in args
+        )
+        payload = pickle.dumps((function, args, kwargs))
+        self.tasks_submitted += 1
+        future = self._pool.submit(self._run, payload)
+        self._submitted.append(future)
+        return FakeObjectRef(future)
+
+    def _run(self, payload: bytes) -> Any:
+        function, args, kwargs = pickle.loads(payload)
+        with self._lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            if self.task_error is not None:
+                raise self.task_error
+            return function(*args, **kwargs)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def _new_actor(self, cls: type, args: Any, kwargs: Any) -> _ActorHandle:
+        with self._lock:
+            actor_id = len(self._actors) + 1
+            self._actors[actor_id] = cls(*args, **kwargs)
+            self._actor_locks[actor_id] = threading.Lock()
+        return _ActorHandle(self.id, actor_id)
+
+    def _call(self, actor_id: int, method: str, args: Any, kwargs: Any) -> Any:
+        args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
+        future: futures.Future[Any] = futures.Future()
+        with self._actor_locks[actor_id]:
+            try:
+                future.set_result(
+                    getattr(self._actors[actor_id], method)(*args, **kwargs)
+                )
+            except Exception as exc:
+                future.set_exception(exc)
+        return FakeObjectRef(future)
+
+
+class _RemoteFunction:
+    def __init__(self, cluster: FakeRayCluster, function: Callable[..., Any]) -> None:
+        self._cluster = cluster
+        self._function = function
+
+    def remote(self, *args: Any, **kwargs: Any) -> FakeObjectRef:
+        return self._cluster._submit(self._function, args, kwargs)
+
+
+class _ActorClass:
+    def __init__(self, cluster: FakeRayCluster, cls: type) -> None:
+        self._cluster = cluster
+        self._cls = cls
+
+    def remote(self, *args: Any, **kwargs: Any) -> _ActorHandle:
+        return self._cluster._new_actor(self._cls, args, kwargs)
+
+
+class _ActorHandle:
+    """Pickles to its ids, so a task receives a handle to the same actor."""
+
+    def __init__(self, cluster_id: int, actor_id: int) -> None:
+        self._cluster_id = cluster_id
+        self._actor_id = actor_id
+
+    def __reduce__(self) -> Any:
+        return (_ActorHandle, (self._cluster_id, self._actor_id))
+
+    def __getattr__(self, method: str) -> _ActorMethod:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return _ActorMethod(self._cluster_id, self._actor_id, method)
+
+
+class _ActorMethod:
+    def __init__(self, cluster_id: int, actor_id: int, method: str) -> None:
+        self._cluster_id = cluster_id
+        self._actor_id = actor_id
+        self._method = method
+
+    def remote(self, *args: Any, **kwargs: Any) -> FakeObjectRef:
+        cluster = _CLUSTERS[self._cluster_id]
+        return cluster._call(self._actor_id, self._method, args, kwargs)

@@ -1,0 +1,261 @@
+"""The local search on a Ray cluster, through an in-process fake of the `ray` module."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import broker
+from broker.errors import ProviderUnavailableError
+from broker.local.cluster import RETURN_ALLOWANCE_S, EpochBoard, train_on_node
+from broker.local.loop import DEADLINE_GRACE_S
+from broker.local.search import SearchOptions, SearchResult, run_search
+from broker.local.space import Categorical, SearchSpace
+from broker.testing.ray_fake import FakeRayCluster
+
+ADDRESS = "ray://127.0.0.1:10001"
+
+SMALL = {
+    "depth": 1,
+    "width": 8,
+    "activation": "relu",
+    "dropout": 0.0,
+    "norm": "none",
+    "embedding_dim": 2,
+    "learning_rate": 1e-2,
+    "weight_decay": 0.0,
+    "batch_size": 16,
+}
+
+
+@pytest.fixture
+def install_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeRayCluster]]:
+    made: list[FakeRayCluster] = []
+
+    def install(*args, **kwargs):  # type: ignore[no-untyped-def]
+        cluster = FakeRayCluster(*args, **kwargs)
+        monkeypatch.setitem(sys.modules, "ray", cluster.module())
+        made.append(cluster)
+        return cluster
+
+    yield install  # type: ignore[misc]
+    for cluster in made:
+        cluster.close()
+
+
+def _frame(n: int = 200, noise: float = 1.0) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=n)
+    b = rng.normal(size=n)
+    label = np.where(a + 0.5 * b + noise * rng.normal(size=n) > 0, "yes", "no")
+    return pd.DataFrame({"a": a, "b": b, "label": label})
+
+
+def _search(
+    frame: pd.DataFrame,
+    budget_s: float = 60,
+    stop_event: threading.Event | None = None,
+    on_trial: Any = None,
+    space: SearchSpace | None = None,
+    **options: object,
+) -> SearchResult:
+    return run_search(
+        frame,
+        target="label",
+        task="binary",
+        numeric=["a", "b"],
+        categorical=[],
+        metric="roc_auc",
+        budget_s=budget_s,
+        classes=["no", "yes"],
+        positive_class="yes",
+        space=space
+        or SearchSpace(
+            params={
+                "width": Categorical([4, 8, 16]),
+                "learning_rate": Categorical([1e-3, 1e-2, 5e-2]),
+            },
+            fixed=SMALL,
+        ),
+        options=SearchOptions(**options),  # type: ignore[arg-type]
+        stop_event=stop_event,
+        on_trial=on_trial,
+    )
+
+
+def _trials(result: SearchResult) -> list[tuple[int, int, str, float]]:
+    return [
+        (t.trial_number, t.epochs_run, t.stop_reason, t.score)
+        for t in sorted(result.trials, key=lambda t: t.trial_number)
+    ]
+
+
+def test_ray_search_runs_its_trials_on_the_cluster_as_many_at_once_as_it_has_cpus(
+    install_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    cluster = install_cluster(cpus=2)
+
+    result = _search(_frame(), max_trials=4, max_epochs=3, seed=0, ray_address=ADDRESS)
+
+    assert [t[:3] for t in _trials(result)] == [
+        (1, 3, "max_epochs"),
+        (2, 3, "max_epochs"),
+        (3, 3, "max_epochs"),
+        (4, 3, "max_epochs"),
+    ]
+    assert all(0.5 < t.score <= 1.0 for t in result.trials)
+    assert result.stop_reason == "max_trials"
+    assert result.best is not None and result.best.state_dict
+    # one connection, with this package shipped to the nodes; the data sent once
+    assert len(cluster.init_calls) == 1
+    assert cluster.init_calls[0]["address"] == ADDRESS
+    assert cluster.init_calls[0]["runtime_env"] == {"py_modules": [broker]}
+    assert cluster.puts == 1
+    assert cluster.tasks_submitted == 4
+    assert cluster.max_running == 2
+    assert cluster.unfinished == 0
+
+
+def test_ray_search_on_one_cpu_prunes_exactly_as_the_search_on_this_machine(
+    install_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    settings = {"max_trials": 8, "max_epochs": 12, "patience": 12, "seed": 3}
+    here = _search(_frame(), pruner="asha", workers=1, **settings)
+    install_cluster(cpus=1)
+
+    there = _search(_frame(), pruner="asha", ray_address=ADDRESS, **settings)
+
+    assert _trials(there) == _trials(here)
+    reasons = [t[2] for t in _trials(here)]
+    assert "pruned" in reasons and "max_epochs" in reasons
+    assert [t.curve for t in there.trials] == [t.curve for t in here.trials]
+
+
+def test_ray_trials_running_at_the_deadline_stop_there_and_keep_their_scores(
+    install_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    cluster = install_cluster(cpus=2)
+    started = time.monotonic()
+
+    result = _search(
+        _frame(400),
+        budget_s=4.0,
+        max_epochs=100_000,
+        patience=100_000,
+        seed=0,
+        ray_address=ADDRESS,
+    )
+
+    elapsed = time.monotonic() - started
+    assert result.stop_reason == "deadline"
+    assert [t.stop_reason for t in result.trials] == ["deadline", "deadline"]
+    assert all(not np.isnan(t.score) and t.epochs_run > 0 for t in result.trials)
+    assert result.best is not None and result.best.state_dict
+    assert 4.0 <= elapsed < 4.0 + DEADLINE_GRACE_S + 2.0
+    assert cluster.cancelled == []
+    assert cluster.unfinished == 0
+
+
+def test_ray_search_cancelled_stops_the_trials_on_the_cluster_at_their_next_epoch(
+    install_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    cluster = install_cluster(cpus=2)
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def on_trial(outcome, best):  # type: ignore[no-untyped-def]
+        seen.append(outcome.config["batch_size"])
+        stop.set()
+
+    # a trial of large batches ends long before one of batches of two
+    batches = SearchSpace(params={"batch_size": Categorical([100, 2])}, fixed=SMALL)
+
+    result = _search(
+        _frame(),
+        stop_event=stop,
+        on_trial=on_trial,
+        space=batches,
+        strategy="grid",
+        max_epochs=20,
+        patience=20,
+        seed=0,
+        ray_address=ADDRESS,
+    )
+
+    assert result.stop_reason == "cancelled"
+    assert seen == [100, 2]
+    assert [(t.config["batch_size"], t.stop_reason) for t in result.trials] == [
+        (100, "max_epochs"),
+        (2, "cancelled"),
+    ]
+    assert 0 < result.trials[1].epochs_run < 20
+    assert len(result.trials) == 2  # the grid's two points, none started after
+    assert cluster.cancelled == []
+    assert cluster.unfinished == 0
+
+
+def test_ray_trial_that_fails_on_a_node_stops_the_search_naming_the_dependencies(
+    install_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    cluster = install_cluster(
+        cpus=1, task_error=ModuleNotFoundError("No module named 'torch'")
+    )
+
+    with pytest.raises(ProviderUnavailableError) as info:
+        _search(_frame(), max_trials=3, seed=0, ray_address=ADDRESS)
+
+    assert str(info.value) == (
+        "trial 1 failed on the Ray cluster at ray://127.0.0.1:10001: "
+        "ModuleNotFoundError: No module named 'torch'; the cluster's nodes need the "
+        "project's dependencies (torch, numpy, pandas, scikit-learn, optuna), or leave "
+        "ray_address out to train on this machine"
+    )
+    assert info.value.reason == "ray_trial_failed"
+    assert info.value.failover_allowed is True
+    assert cluster.tasks_submitted == 1
+
+
+def test_a_trial_on_a_node_turns_the_wall_clock_deadline_into_its_own_clock(
+    install_cluster,
+    trial_data,  # type: ignore[no-untyped-def]
+) -> None:
+    """A deadline already past: the trial still finishes its first epoch (the search
+    has no model yet), asks the board once, and stops there."""
+    cluster = install_cluster(cpus=1)
+    board = cluster.remote(EpochBoard).remote()
+    data, metric = trial_data(_frame())
+    answered: list[tuple[int, int, float]] = []
+
+    def answer_go() -> None:
+        while not answered:
+            answered.extend(cluster.get(board.take_reports.remote()))
+            time.sleep(0.01)
+        board.answer.remote([(n, e, "go") for n, e, _ in answered])
+
+    ref = cluster.remote(train_on_node).remote(
+        1,
+        {**SMALL},
+        data,
+        metric,
+        board,
+        patience=5,
+        max_epochs=50,
+        seed=0,
+        deadline_epoch_s=time.time() - 3600.0,
+        keep_first_epoch=True,
+    )
+    answer_go()
+    outcome = cluster.get(ref, timeout=30)
+
+    assert [(n, e) for n, e, _ in answered] == [(1, 0)]
+    assert outcome.epochs_run == 1
+    assert outcome.stop_reason == "deadline"
+    assert not np.isnan(outcome.score)
+    assert RETURN_ALLOWANCE_S > DEADLINE_GRACE_S
