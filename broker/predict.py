@@ -116,7 +116,9 @@ def predict_from_run(
     """Predict on `data` (default: the run's own held-out rows) with the run's best model.
 
     Writes a CSV with the prediction and, for classification, one probability column per
-    class. When the rows hold the target column, the metrics on them are returned too.
+    class: to `out`, else into the run folder as predictions.csv (held-out rows) or
+    predictions-<input name>.csv. When the rows hold the target column, the metrics on
+    them are returned too.
     """
     import numpy as np
     import pandas as pd
@@ -141,7 +143,9 @@ def predict_from_run(
             result[f"proba_{label}"] = raw[:, i]
     else:
         result["prediction"] = raw
-    out = out or run_dir / "predictions.csv"
+    # one file per input, so predicting on new rows keeps the held-out predictions
+    default_name = f"predictions-{_file_stem(data)}.csv" if data else "predictions.csv"
+    out = out or run_dir / default_name
     result.to_csv(out, index=False)
 
     metrics = None
@@ -153,6 +157,14 @@ def predict_from_run(
         metrics = compute_metrics(schema, y_true, raw[labelled])
     logger.info("predicted %d rows with %s", len(result), run_dir / "model")
     return PredictOutcome(path=out, n=len(result), metrics=metrics)
+
+
+def _file_stem(path: Path) -> str:
+    """`new-rows` for new-rows.csv and new-rows.csv.gz alike."""
+    name = path.name
+    for suffix in (".gz", ".bz2", ".xz", ".zip"):
+        name = name.removesuffix(suffix)
+    return Path(name).stem
 
 
 def _as_class_labels(values: object, classes: tuple[object, ...]) -> object:

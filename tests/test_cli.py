@@ -139,6 +139,13 @@ def test_cli_run_fails_over_from_every_cloud_to_local_then_predicts(
     assert len(frame) == stored["holdout_n"]
     assert set(frame.columns) == {"prediction", "proba_no", "proba_yes"}
 
+    # new rows get their own file; the held-out predictions stay
+    on_table = runner.invoke(app, ["predict", str(out), str(table_csv)])
+    assert on_table.exit_code == 0, on_table.output
+    assert "Wrote 500 predictions to" in on_table.output
+    assert len(pd.read_csv(out / "predictions-table.csv")) == 500
+    assert len(pd.read_csv(out / "predictions.csv")) == stored["holdout_n"]
+
 
 def test_cli_bad_target_is_a_clear_error(table_csv: Path) -> None:
     result = runner.invoke(app, ["plan", str(table_csv), "--target", "labl"])
