@@ -13,7 +13,7 @@ import torch
 
 from broker.errors import ConfigurationError
 from broker.local.export import TorchTabularModel, load_model
-from broker.local.network import NetworkConfig, TabularNet
+from broker.local.network import NetworkConfig, PeriodicEmbedding, TabularNet
 from broker.local.preprocess import TabularPreprocessor, TargetEncoder
 
 
@@ -142,3 +142,69 @@ def test_network_per_layer_widths_and_skip_connections_round_trip(
     assert projections == ["Linear", "Linear", "Identity"]
     assert loaded.network == network
     np.testing.assert_allclose(loaded.predict_proba(frame), model.predict_proba(frame))
+
+
+def test_periodic_embedding_maps_each_value_to_cosines_and_sines_of_its_frequencies() -> (
+    None
+):
+    embedding = PeriodicEmbedding(n_columns=1, frequencies=1, dim=2, scale=0.1)
+    with torch.no_grad():
+        embedding.coefficients.fill_(0.25)  # a quarter turn per unit
+        embedding.linear.weight.copy_(torch.eye(2))
+        embedding.linear.bias.zero_()
+
+    out = embedding(torch.tensor([[1.0], [2.0], [-1.0]]))
+
+    # x=1: cos(pi/2)=0, sin(pi/2)=1; x=2: cos(pi)=-1 -> 0 after ReLU; x=-1: sin -> 0
+    expected = torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_network_with_periodic_numeric_embeddings_round_trips(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"x": [0.1, 0.5, 0.9, 0.3], "y": [1.0, 2.0, 3.0, 4.0], "cat": list("abab")}
+    )
+    pre = TabularPreprocessor.fit(
+        frame, numeric=["x", "y"], categorical=["cat"], min_count=1
+    )
+    trial = {
+        "depth": 1,
+        "width": 8,
+        "numeric_embedding": "periodic",
+        "periodic_scale": 0.05,
+    }
+    network = NetworkConfig.from_trial(
+        trial,
+        n_numeric=pre.n_numeric_inputs,
+        cardinalities=pre.cardinalities,
+        n_outputs=2,
+    )
+    torch.manual_seed(0)
+    module = TabularNet(network)
+    model = TorchTabularModel(
+        preprocessor=pre,
+        target=TargetEncoder("binary", ["no", "yes"]),
+        network=network,
+        state_dict=module.state_dict(),
+    )
+
+    loaded = load_model(model.save(tmp_path / "model"))
+
+    assert (network.numeric_embedding, network.periodic_scale) == ("periodic", 0.05)
+    assert module.periodic is not None
+    assert module.periodic.coefficients.shape == (2, network.periodic_frequencies)
+    # 16 features per numeric column, then the category's embedding
+    first = module.body[0]
+    assert first.in_features == 2 * network.periodic_dim + network.embedding_dims[0]
+    assert loaded.network == network
+    np.testing.assert_allclose(loaded.predict_proba(frame), model.predict_proba(frame))
+
+
+def test_network_unknown_numeric_embedding_names_the_choices() -> None:
+    with pytest.raises(
+        ConfigurationError,
+        match=r"numeric embedding 'fourier' is not known; choose from \['none', 'periodic'\]",
+    ):
+        NetworkConfig(
+            n_numeric=1, cardinalities=[], n_outputs=2, numeric_embedding="fourier"
+        )

@@ -26,6 +26,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
 }
 NORMS = ("none", "batch", "layer")
+NUMERIC_EMBEDDINGS = ("none", "periodic")
 POOLINGS = ("max", "avg", "none")
 MAX_LAYERS = 8
 
@@ -49,9 +50,18 @@ class NetworkConfig:
     embedding_dims: list[int] = field(default_factory=list)
     widths: list[int] = field(default_factory=list)
     skip: bool = False
+    numeric_embedding: str = "none"
+    periodic_scale: float = 0.1
+    periodic_frequencies: int = 24
+    periodic_dim: int = 16
 
     def __post_init__(self) -> None:
         _check_common(self.activation, self.norm, self.dropout)
+        if self.numeric_embedding not in NUMERIC_EMBEDDINGS:
+            raise ConfigurationError(
+                f"numeric embedding {self.numeric_embedding!r} is not known; choose "
+                f"from {list(NUMERIC_EMBEDDINGS)}"
+            )
         if self.depth < 1 or self.width < 1:
             raise ConfigurationError(
                 f"network needs depth >= 1 and width >= 1; got depth={self.depth}, "
@@ -78,7 +88,16 @@ class NetworkConfig:
         cardinalities: list[int],
         n_outputs: int,
     ) -> NetworkConfig:
-        keys = ("depth", "width", "activation", "dropout", "norm", "embedding_dim")
+        keys = (
+            "depth",
+            "width",
+            "activation",
+            "dropout",
+            "norm",
+            "embedding_dim",
+            "numeric_embedding",
+            "periodic_scale",
+        )
         values = {k: config[k] for k in keys if k in config}
         depth = int(values.get("depth", cls.depth))
         first = int(values.get("width", cls.width))
@@ -202,7 +221,23 @@ class TabularNet(nn.Module):
             )
         )
 
-        width_in = config.n_numeric + sum(config.embedding_dims)
+        self.periodic = (
+            PeriodicEmbedding(
+                config.n_numeric,
+                config.periodic_frequencies,
+                config.periodic_dim,
+                config.periodic_scale,
+            )
+            if config.numeric_embedding == "periodic" and config.n_numeric > 0
+            else None
+        )
+        numeric_width = (
+            config.n_numeric * config.periodic_dim
+            if self.periodic is not None
+            else config.n_numeric
+        )
+        width_in = numeric_width + sum(config.embedding_dims)
+        first_width = width_in
         blocks: list[nn.Sequential] = []
         for width in config.widths:
             blocks.append(_dense_block(width_in, width, config))
@@ -210,7 +245,7 @@ class TabularNet(nn.Module):
         if config.skip:
             # each block's input is added to its output, projected when widths differ
             self.blocks = nn.ModuleList(blocks)
-            widths_in = [config.n_numeric + sum(config.embedding_dims), *config.widths]
+            widths_in = [first_width, *config.widths]
             self.projections = nn.ModuleList(
                 nn.Identity() if a == b else nn.Linear(a, b, bias=False)
                 for a, b in zip(widths_in[:-1], config.widths, strict=True)
@@ -221,7 +256,7 @@ class TabularNet(nn.Module):
         self.head = nn.Linear(width_in, config.n_outputs)
 
     def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
-        parts = [x_num]
+        parts = [x_num if self.periodic is None else self.periodic(x_num)]
         parts.extend(emb(x_cat[:, i]) for i, emb in enumerate(self.embeddings))
         hidden = torch.cat(parts, dim=1)
         if self.config.skip:
@@ -230,6 +265,26 @@ class TabularNet(nn.Module):
         else:
             hidden = self.body(hidden)
         return self.head(hidden)
+
+
+class PeriodicEmbedding(nn.Module):
+    """Each numeric input x becomes ReLU(W [cos(2 pi c x), sin(2 pi c x)] + b), with
+    `frequencies` coefficients c per column, learned from a normal start of standard
+    deviation `scale`, and W shared by the columns: a smooth, learned feature map that
+    lets a dense network fit sharp, non-monotone effects of one column.
+    """
+
+    def __init__(
+        self, n_columns: int, frequencies: int, dim: int, scale: float
+    ) -> None:
+        super().__init__()
+        self.coefficients = nn.Parameter(torch.randn(n_columns, frequencies) * scale)
+        self.linear = nn.Linear(2 * frequencies, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angles = 2 * math.pi * self.coefficients[None] * x[..., None]
+        waves = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+        return torch.relu(self.linear(waves)).flatten(1)
 
 
 class ConvNet(nn.Module):

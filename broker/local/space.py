@@ -341,6 +341,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "dropout": 0.2,
     "norm": "none",
     "skip": False,
+    "numeric_embedding": "none",
     "embedding_dim": 4,
     "optimizer": "adamw",
     "learning_rate": 1e-3,
@@ -354,8 +355,9 @@ def default_space() -> SearchSpace:
     """The tabular space searched when the user gives none.
 
     Depth, a width per layer (`width` is the first layer's, `width_<i>` the i-th's),
-    activation, dropout, normalisation, skip connections, embedding size and the
-    optimiser's settings.
+    activation, dropout, normalisation, skip connections, embedding size, whether
+    numeric columns pass through periodic embeddings (and their frequency scale) and
+    the optimiser's settings.
     """
     widths = [64, 128, 256, 512]
     return SearchSpace(
@@ -372,6 +374,12 @@ def default_space() -> SearchSpace:
             "norm": Categorical(["none", "batch", "layer"]),
             "skip": Categorical([False, True]),
             "embedding_dim": Categorical([4, 8, 16]),
+            "numeric_embedding": Categorical(["none", "periodic"]),
+            "periodic_scale": Conditional(
+                Categorical([0.05, 0.1, 0.2]),
+                parent="numeric_embedding",
+                values=("periodic",),
+            ),
             "optimizer": Categorical(["adamw", "adam"]),
             "learning_rate": FloatLogRange(3e-4, 3e-3),
             "weight_decay": FloatLogRange(1e-6, 1e-3),
