@@ -409,3 +409,38 @@ def test_cv_search_times_a_drawn_configuration_by_its_kind_over_all_folds(
     for fit in run.fits:
         assert fit.validation_output.shape == (200, 2)
         assert isinstance(fit.model, BaggedModel) and len(fit.model.folds) == 2
+
+
+def test_cv_forest_that_the_leaf_floor_makes_a_duplicate_is_not_fitted() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6_000, 2))
+    frame = pd.DataFrame(x, columns=["a", "b"])
+    y = (x[:, 0] + rng.normal(size=6_000) > 0).astype(int)
+    splits = fold_rows(y, "binary", folds=5, seed=0)
+    forests = {
+        "trees": ClassicalConfig("extra_trees", {"n_estimators": 5}),
+        "trees-leaf2": ClassicalConfig(
+            "extra_trees", {"n_estimators": 5, "min_samples_leaf": 2}
+        ),
+    }
+
+    run = fit_classical_cv(
+        frame,
+        y,
+        task="binary",
+        classes=[0, 1],
+        numeric=["a", "b"],
+        categorical=[],
+        seed=0,
+        time_cap_s=60.0,
+        splits=splits,
+        configs=forests,
+    )
+
+    # each fold fits on 4,800 rows: leaves of at least ceil(4,800 / 4,096) = 2 rows
+    assert [f.name for f in run.fits] == ["trees"]
+    assert run.notes == [
+        "trees-leaf2: not fitted, the same forest as trees on 4,800 rows (leaves of at "
+        "least 2 rows keep each tree under 4,096 leaves)"
+    ]
+    assert run.skipped == []

@@ -538,3 +538,40 @@ def test_classical_search_fits_drawn_configurations_while_the_cap_has_time(
     plain = fit_classical(frame.iloc[:400], y[:400], frame.iloc[400:], **settings)
 
     assert [f.name for f in plain.fits] == ["hgb-default", "extra-trees"]
+
+
+def test_classical_forest_that_the_leaf_floor_makes_a_duplicate_is_not_fitted() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9_500, 3))
+    frame = pd.DataFrame(x, columns=["a", "b", "c"])
+    y = (x[:, 0] + rng.normal(size=9_500) > 0).astype(int)
+    forests = {
+        "trees": ClassicalConfig("extra_trees", {"n_estimators": 10}),
+        "trees-leaf2": ClassicalConfig(
+            "extra_trees", {"n_estimators": 10, "min_samples_leaf": 2}
+        ),
+        "trees-leaf5": ClassicalConfig(
+            "extra_trees", {"n_estimators": 10, "min_samples_leaf": 5}
+        ),
+    }
+
+    run = fit_classical(
+        frame.iloc[:9_000],
+        y[:9_000],
+        frame.iloc[9_000:],
+        task="binary",
+        classes=[0, 1],
+        numeric=["a", "b", "c"],
+        categorical=[],
+        seed=0,
+        time_cap_s=60,
+        configs=forests,
+    )
+
+    # ceil(9,000 / 4,096) = 3 rows per leaf at least: leaves of 1 and of 2 are the same
+    assert [f.name for f in run.fits] == ["trees", "trees-leaf5"]
+    assert run.notes == [
+        "trees-leaf2: not fitted, the same forest as trees on 9,000 rows (leaves of at "
+        "least 3 rows keep each tree under 4,096 leaves)"
+    ]
+    assert run.skipped == []

@@ -33,6 +33,7 @@ from broker.local.classical import (
     ClassicalConfig,
     ClassicalFit,
     ClassicalRun,
+    DistinctModels,
     fit_classical,
     fit_drawn,
 )
@@ -287,8 +288,14 @@ def fit_classical_cv(
         )
         return True
 
+    distinct = DistinctModels(max(len(fit_at) for fit_at, _ in splits))
     for name, config in configs.items():
-        if not in_time() or not fit_one(name, config):
+        earlier = distinct.same_as(config)
+        if earlier is not None:
+            run.notes.append(distinct.note(name, config, earlier))
+        elif in_time() and fit_one(name, config):
+            distinct.add(name, config)
+        else:
             run.skipped.append(name)
 
     if search:
@@ -298,6 +305,7 @@ def fit_classical_cv(
             in_time=in_time,
             left_s=lambda: time_cap_s - (clock() - started),
             longest=longest,
+            distinct=distinct,
         )
 
     run.elapsed_s = clock() - started

@@ -741,6 +741,7 @@ def fit_classical(
                 f"{name}: {fit.iterations} of {wanted} trees were grown; {reason}"
             )
 
+    distinct = DistinctModels(len(rows.x_fit))
     for name, config in configs.items():
         # TODO(local-classical-cap): a boosting or linear configuration that starts
         # just before the cap runs to its end; fitting boosting in chunks with
@@ -748,7 +749,12 @@ def fit_classical(
         if not in_time():
             run.skipped.append(name)
             continue
+        earlier = distinct.same_as(config)
+        if earlier is not None:
+            run.notes.append(distinct.note(name, config, earlier))
+            continue
         fit_one(name, config)
+        distinct.add(name, config)
 
     if search:
         fit_drawn(
@@ -757,6 +763,7 @@ def fit_classical(
             in_time=in_time,
             left_s=lambda: time_cap_s - (clock() - started),
             longest=longest,
+            distinct=distinct,
         )
 
     run.elapsed_s = clock() - started
@@ -766,6 +773,51 @@ def fit_classical(
             f"of {time_cap_s:.1f} s was spent"
         )
     return run
+
+
+class DistinctModels:
+    """Tells when a configuration would fit the same model as an earlier one.
+
+    On large tables a forest's smallest leaf is raised (see
+    :func:`broker.local.forest.smallest_leaf`), so forests asked for different leaf
+    sizes can be the same forest; fitting it again would only spend the stage's time.
+
+    Args:
+        rows: the rows each model is fitted on (for bagged models, the largest fold).
+    """
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self._seen: dict[str, str] = {}
+
+    def same_as(self, config: ClassicalConfig) -> str | None:
+        """The fitted configuration whose model `config` would fit again, else None."""
+        return self._seen.get(self._key(config))
+
+    def add(self, name: str, config: ClassicalConfig) -> None:
+        """Remember a configuration that was fitted."""
+        self._seen.setdefault(self._key(config), name)
+
+    def _key(self, config: ClassicalConfig) -> str:
+        import json
+
+        from broker.local.forest import smallest_leaf
+
+        params = dict(config.params)
+        if config.algorithm == EXTRA_TREES:
+            params["min_samples_leaf"] = smallest_leaf(params, self.rows)
+        return json.dumps([config.algorithm, params], sort_keys=True, default=str)
+
+    def note(self, name: str, config: ClassicalConfig, earlier: str) -> str:
+        if config.algorithm != EXTRA_TREES:
+            return f"{name}: not fitted, the same settings as {earlier}"
+        from broker.local.forest import MAX_LEAVES_PER_TREE, smallest_leaf
+
+        return (
+            f"{name}: not fitted, the same forest as {earlier} on {self.rows:,} rows "
+            f"(leaves of at least {smallest_leaf(config.params, self.rows)} rows keep "
+            f"each tree under {MAX_LEAVES_PER_TREE:,} leaves)"
+        )
 
 
 # A drawn configuration starts only with this many times the slowest earlier fit of its
@@ -781,19 +833,27 @@ def fit_drawn(
     in_time: Callable[[], bool],
     left_s: Callable[[], float],
     longest: dict[str, float],
+    distinct: DistinctModels,
 ) -> None:
     """Fit :func:`sampled_configs` in order while the cap has time.
 
     A drawn configuration starts only once one of its kind has finished and with
     :data:`DRAWN_COST_FACTOR` times the slowest of them (`longest`, seconds by
-    algorithm) left; one that would not fit is passed over for the next.
+    algorithm) left; one that would not fit, or that would fit the same model as an
+    earlier configuration (`distinct`), is passed over for the next.
     """
     for name, config in sampled_configs(seed):
         if not in_time():
             return
         slowest = longest.get(config.algorithm)
-        if slowest is not None and DRAWN_COST_FACTOR * slowest <= left_s():
-            fit_one(name, config)
+        if slowest is None or DRAWN_COST_FACTOR * slowest > left_s():
+            continue
+        earlier = distinct.same_as(config)
+        if earlier is not None:
+            logger.info("%s: the same model as %s; not fitted", name, earlier)
+            continue
+        if fit_one(name, config) is not False:
+            distinct.add(name, config)
 
 
 def _fit_boosting(

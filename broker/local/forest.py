@@ -250,6 +250,13 @@ def fill_missing(x: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), fill, x)
 
 
+def smallest_leaf(params: dict[str, Any], rows: int) -> int:
+    """The smallest leaf a forest of `params` grows on `rows` rows: the asked-for one,
+    raised so that no tree passes :data:`MAX_LEAVES_PER_TREE` leaves."""
+    asked = int(params.get("min_samples_leaf", 1))
+    return max(asked, math.ceil(rows / MAX_LEAVES_PER_TREE))
+
+
 def fit_forest_estimator(
     x: np.ndarray,
     y: np.ndarray,
@@ -276,10 +283,7 @@ def fit_forest_estimator(
     from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
 
     settings = {k: v for k, v in params.items() if k != "n_estimators"}
-    settings["min_samples_leaf"] = max(
-        int(settings.get("min_samples_leaf", 1)),
-        math.ceil(len(x) / MAX_LEAVES_PER_TREE),
-    )
+    settings["min_samples_leaf"] = smallest_leaf(params, len(x))
     total = int(params.get("n_estimators", DEFAULT_TREES))
     kind = ExtraTreesRegressor if task == "regression" else ExtraTreesClassifier
     estimator = kind(
