@@ -14,7 +14,7 @@ import pytest
 
 import broker
 from broker.errors import ProviderUnavailableError
-from broker.local.cluster import RETURN_ALLOWANCE_S, EpochBoard, train_on_node
+from broker.local.cluster import EpochBoard, train_on_node
 from broker.local.loop import DEADLINE_GRACE_S
 from broker.local.search import SearchOptions, SearchResult, run_search
 from broker.local.space import Categorical, SearchSpace
@@ -113,14 +113,62 @@ def test_ray_search_runs_its_trials_on_the_cluster_as_many_at_once_as_it_has_cpu
     assert all(0.0 <= t.score <= 1.0 for t in result.trials)  # scored, none lost
     assert result.stop_reason == "max_trials"
     assert result.best is not None and result.best.state_dict
-    # one connection, with this package shipped to the nodes; the data sent once
-    assert len(cluster.init_calls) == 1
-    assert cluster.init_calls[0]["address"] == ADDRESS
-    assert cluster.init_calls[0]["runtime_env"] == {"py_modules": [broker]}
+    # one connection, with this package shipped to the nodes; the data sent once;
+    # trials not retried, the board on no CPU, and removed at the end
+    assert cluster.init_calls == [
+        {"address": ADDRESS, "runtime_env": {"py_modules": [broker]}}
+    ]
+    assert cluster.remote_options == [
+        {"target": "train_on_node", "max_retries": 0},
+        {"target": "EpochBoard", "num_cpus": 0},
+    ]
+    assert cluster.task_options == [{"max_retries": 0}] * 4
+    assert len(cluster.killed) == 1
     assert cluster.puts == 1
     assert cluster.tasks_submitted == 4
     assert cluster.max_running == 2
     assert cluster.unfinished == 0
+
+
+def test_ray_search_on_a_gpu_cluster_runs_one_trial_per_gpu(
+    install_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    cluster = install_cluster(cpus=8, gpus=2)
+
+    result = _search(_frame(), max_trials=4, max_epochs=2, seed=0, ray_address=ADDRESS)
+
+    assert len(result.trials) == 4
+    assert cluster.task_options == [{"max_retries": 0, "num_gpus": 1}] * 4
+    assert cluster.max_running == 2
+
+
+def test_ray_search_uses_an_existing_connection_of_this_process(
+    install_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    cluster = install_cluster(cpus=1)
+    cluster.initialized = True
+
+    result = _search(_frame(), max_trials=1, max_epochs=1, seed=0, ray_address=ADDRESS)
+
+    assert cluster.init_calls == []
+    assert len(result.trials) == 1
+
+
+def test_ray_cluster_that_cannot_be_reached_is_unavailable_and_names_the_address(
+    install_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    install_cluster(unreachable=True)
+
+    with pytest.raises(ProviderUnavailableError) as info:
+        _search(_frame(), max_trials=1, seed=0, ray_address=ADDRESS)
+
+    assert str(info.value) == (
+        "cannot reach the Ray cluster at ray://127.0.0.1:10001: ConnectionError: could "
+        "not connect to ray://127.0.0.1:10001; check the address and that the cluster "
+        "is running, or leave ray_address out to train on this machine"
+    )
+    assert info.value.reason == "ray_unreachable"
+    assert info.value.failover_allowed is True
 
 
 def test_ray_search_on_one_cpu_prunes_exactly_as_the_search_on_this_machine(
@@ -220,6 +268,8 @@ def test_ray_trial_that_fails_on_a_node_stops_the_search_naming_the_dependencies
     assert info.value.reason == "ray_trial_failed"
     assert info.value.failover_allowed is True
     assert cluster.tasks_submitted == 1
+    assert len(cluster.killed) == 1  # the board is removed on the way out
+    assert cluster.unfinished == 0
 
 
 def test_a_trial_on_a_node_turns_the_wall_clock_deadline_into_its_own_clock(
@@ -258,4 +308,3 @@ def test_a_trial_on_a_node_turns_the_wall_clock_deadline_into_its_own_clock(
     assert outcome.epochs_run == 1
     assert outcome.stop_reason == "deadline"
     assert not np.isnan(outcome.score)
-    assert RETURN_ALLOWANCE_S > DEADLINE_GRACE_S

@@ -11,7 +11,8 @@ own monotonic clock when it starts, so the nodes' clocks must agree to within a 
 so (NTP). A trial still running at the deadline stops at its next epoch boundary, or
 abandons an epoch in progress after the grace period, and returns its best score like any
 other trial. A task that has not returned `RETURN_ALLOWANCE_S` after that is cancelled,
-and the log says its result was lost.
+and the log says its result was lost (unless the search has no model yet: a first trial
+finishes its first epoch, as it does here). A lost task is not retried.
 
 The cluster runs this package's code: the search ships the `broker` package to it as a
 runtime-environment module, and the nodes need the project's dependencies (torch, numpy,
@@ -36,9 +37,11 @@ logger = logging.getLogger(__name__)
 
 # How long after the hard deadline the search waits for a task to return its result.
 RETURN_ALLOWANCE_S = 5.0
-# How often the search reads the board, and a waiting trial asks for its answer.
+# How often the search reads the board, and a waiting trial asks for its answer; how
+# long a call to the board may take before the search gives up on the cluster.
 POLL_S = 0.05
-ANSWER_POLL_S = 0.01
+ANSWER_POLL_S = 0.02
+BOARD_TIMEOUT_S = 30.0
 
 Report = tuple[int, int, float]  # trial number, epoch index, best score so far
 Answer = tuple[int, int, str]  # trial number, epoch index, "go" / "prune" / a stop
@@ -72,31 +75,68 @@ class EpochBoard:
 
 
 def run_on_ray(loop: SearchLoop, data: TrialData, options: SearchOptions) -> str:
-    """Trials as tasks on the Ray cluster at `options.ray_address`, as many at once
-    as it has CPUs; returns the search's stop reason.
+    """Trials as tasks on the Ray cluster at `options.ray_address`, one per GPU when the
+    cluster has GPUs, else one per CPU; returns the search's stop reason.
 
     Raises:
-        ProviderUnavailableError: Ray is not installed, or a trial failed on the
-            cluster (its nodes lack a dependency, or a node was lost).
+        ProviderUnavailableError: Ray is not installed, the cluster cannot be reached,
+            or a trial failed on it (its nodes lack a dependency, or a node was lost).
     """
-    import broker
-
     # TODO(local-ray): tested against the in-process fake of broker.testing.ray_fake,
     # never yet against a running cluster (connection, shipping, real cancellation).
     address = str(options.ray_address)
-    ray = require_ray(address)
-    ray.init(
-        address=address,
-        ignore_reinit_error=True,
-        runtime_env={"py_modules": [broker]},
-    )
-    board = ray.remote(EpochBoard).remote()
-    train = ray.remote(train_on_node)
+    ray = _connect(address)
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    slots = gpus or max(1, int(resources.get("CPU", 1)))
+    # a lost task is not run again: it would start over after other trials were judged
+    train = ray.remote(max_retries=0)(train_on_node)
+    if gpus:
+        train = train.options(num_gpus=1)
+    # the board takes no CPU, so trials on every CPU cannot keep it from being placed
+    board = ray.remote(num_cpus=0)(EpochBoard).remote()
     shared = ray.put(data)  # sent to the cluster once, not with every trial
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
     logger.info("searching on the Ray cluster at %s: %d trials at once", address, slots)
 
     running: dict[Any, int] = {}
+    try:
+        return _drive(ray, loop, options, train, board, shared, slots, running)
+    finally:
+        _cancel(ray, running, "the search stopped")
+        ray.kill(board)
+
+
+def _connect(address: str) -> Any:
+    import broker
+
+    ray = require_ray(address)
+    if ray.is_initialized():
+        logger.info("using this process's existing Ray connection, not %s", address)
+        return ray
+    try:
+        ray.init(address=address, runtime_env={"py_modules": [broker]})
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ...
+        raise ProviderUnavailableError(
+            f"cannot reach the Ray cluster at {address}: {type(exc).__name__}: {exc}; "
+            "check the address and that the cluster is running, or leave ray_address "
+            "out to train on this machine",
+            provider="local",
+            reason="ray_unreachable",
+        ) from None
+    return ray
+
+
+def _drive(
+    ray: Any,
+    loop: SearchLoop,
+    options: SearchOptions,
+    train: Any,
+    board: Any,
+    shared: Any,
+    slots: int,
+    running: dict[Any, int],
+) -> str:
+    address = str(options.ray_address)
     reason: str | None = None
     give_up_at: float | None = None
     while True:
@@ -125,17 +165,17 @@ def run_on_ray(loop: SearchLoop, data: TrialData, options: SearchOptions) -> str
         if not running:
             return loop.interrupted() or reason or "space_exhausted"
 
-        _answer(ray, board, loop)
+        _answer(ray, board, loop, set(running.values()))
         done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
         for ref in done:
             number = running.pop(ref)
             try:
                 outcome = ray.get(ref)
-            except Exception as exc:  # the task's error, raised again by Ray
-                _cancel(ray, running, "the search stops")
+            except Exception as exc:  # Ray wraps the task's error; `cause` holds it
+                cause = getattr(exc, "cause", None) or exc
                 raise ProviderUnavailableError(
                     f"trial {number} failed on the Ray cluster at {address}: "
-                    f"{type(exc).__name__}: {exc}; the cluster's nodes need the "
+                    f"{type(cause).__name__}: {cause}; the cluster's nodes need the "
                     "project's dependencies (torch, numpy, pandas, scikit-learn, "
                     "optuna), or leave ray_address out to train on this machine",
                     provider="local",
@@ -146,23 +186,33 @@ def run_on_ray(loop: SearchLoop, data: TrialData, options: SearchOptions) -> str
         stop = loop.interrupted()
         if stop is not None and give_up_at is None:
             give_up_at = time.monotonic() + DEADLINE_GRACE_S + RETURN_ALLOWANCE_S
-        if give_up_at is not None and time.monotonic() >= give_up_at:
+        # a first trial finishes its first epoch whatever the deadline, as here
+        if (
+            give_up_at is not None
+            and time.monotonic() >= give_up_at
+            and loop.best is not None
+        ):
             _cancel(ray, running, "its result is lost")
             return stop or reason or "deadline"
 
 
-def _answer(ray: Any, board: Any, loop: SearchLoop) -> None:
-    """Judge the epochs the trials reported since the last look, and post the answers."""
-    reports = ray.get(board.take_reports.remote())
-    if not reports:
-        return
+def _answer(ray: Any, board: Any, loop: SearchLoop, running: set[int]) -> None:
+    """Judge the epochs the trials reported since the last look, and post the answers.
+
+    A report from a trial that has already returned (it stopped waiting for its answer
+    at its hard deadline) is dropped.
+    """
+    reports = ray.get(board.take_reports.remote(), timeout=BOARD_TIMEOUT_S)
     answers: list[Answer] = []
     for number, epoch, best_score in reports:
+        if number not in running:
+            continue
         stop = loop.interrupted()
         if stop is None and loop.epoch_hook(number)(epoch, best_score):
             stop = "prune"
         answers.append((number, epoch, stop or "go"))
-    ray.get(board.answer.remote(answers))
+    if answers:
+        ray.get(board.answer.remote(answers), timeout=BOARD_TIMEOUT_S)
 
 
 def _cancel(ray: Any, running: dict[Any, int], why: str) -> None:

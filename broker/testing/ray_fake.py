@@ -46,19 +46,32 @@ class FakeRayCluster:
         cpus: the cluster's CPUs, which is as many tasks as run at once.
         task_error: raised by every task instead of running it (for example the
             ImportError of a node without torch).
+        unreachable: `init` raises ConnectionError, as for a wrong address.
     """
 
-    def __init__(self, cpus: int = 2, task_error: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        cpus: int = 2,
+        gpus: int = 0,
+        task_error: BaseException | None = None,
+        unreachable: bool = False,
+    ) -> None:
         self.cpus = cpus
+        self.gpus = gpus
         self.task_error = task_error
+        self.unreachable = unreachable
+        self.initialized = False
         self.init_calls: list[dict[str, Any]] = []
+        self.remote_options: list[dict[str, Any]] = []
+        self.task_options: list[dict[str, Any]] = []
+        self.killed: list[Any] = []
         self.puts = 0
         self.tasks_submitted = 0
         self.cancelled: list[FakeObjectRef] = []
         self.running = 0
         self.max_running = 0
         self._lock = threading.Lock()
-        self._pool = futures.ThreadPoolExecutor(max_workers=cpus)
+        self._pool = futures.ThreadPoolExecutor(max_workers=max(cpus, gpus))
         self._actors: dict[int, Any] = {}
         self._actor_locks: dict[int, threading.Lock] = {}
         self._submitted: list[futures.Future[Any]] = []
@@ -68,7 +81,17 @@ class FakeRayCluster:
     def module(self) -> types.ModuleType:
         """A module object to install as `sys.modules["ray"]`."""
         module = types.ModuleType("ray")
-        for name in ("init", "remote", "put", "get", "wait", "cancel"):
+        names = (
+            "init",
+            "is_initialized",
+            "remote",
+            "put",
+            "get",
+            "wait",
+            "cancel",
+            "kill",
+        )
+        for name in names:
             setattr(module, name, getattr(self, name))
         module.cluster_resources = self.cluster_resources  # type: ignore[attr-defined]
         return module
@@ -87,9 +110,21 @@ class FakeRayCluster:
 
     def init(self, address: str | None = None, **kwargs: Any) -> None:
         self.init_calls.append({"address": address, **kwargs})
+        if self.unreachable:
+            raise ConnectionError(f"could not connect to {address}")
+        self.initialized = True
+
+    def is_initialized(self) -> bool:
+        return self.initialized
 
     def cluster_resources(self) -> dict[str, float]:
-        return {"CPU": float(self.cpus), "memory": 8e9}
+        resources = {"CPU": float(self.cpus), "memory": 8e9}
+        if self.gpus:
+            resources["GPU"] = float(self.gpus)
+        return resources
+
+    def kill(self, actor: Any) -> None:
+        self.killed.append(actor)
 
     def put(self, value: Any) -> FakeObjectRef:
         self.puts += 1
@@ -97,10 +132,17 @@ class FakeRayCluster:
         future.set_result(pickle.loads(pickle.dumps(value)))
         return FakeObjectRef(future)
 
-    def remote(self, target: Any) -> Any:
+    def remote(self, *args: Any, **options: Any) -> Any:
+        """`ray.remote(f)`, or `ray.remote(max_retries=0)(f)` with options."""
+        if args:
+            return self._remote(args[0], {})
+        return lambda target: self._remote(target, options)
+
+    def _remote(self, target: Any, options: dict[str, Any]) -> Any:
+        self.remote_options.append({"target": target.__name__, **options})
         if isinstance(target, type):
             return _ActorClass(self, target)
-        return _RemoteFunction(self, target)
+        return _RemoteFunction(self, target, options)
 
     def get(self, ref: Any, timeout: float | None = None) -> Any:
         if isinstance(ref, list):
@@ -169,11 +211,23 @@ class FakeRayCluster:
 
 
 class _RemoteFunction:
-    def __init__(self, cluster: FakeRayCluster, function: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        cluster: FakeRayCluster,
+        function: Callable[..., Any],
+        options: dict[str, Any],
+    ) -> None:
         self._cluster = cluster
         self._function = function
+        self.options_given = dict(options)
+
+    def options(self, **options: Any) -> _RemoteFunction:
+        return _RemoteFunction(
+            self._cluster, self._function, {**self.options_given, **options}
+        )
 
     def remote(self, *args: Any, **kwargs: Any) -> FakeObjectRef:
+        self._cluster.task_options.append(dict(self.options_given))
         return self._cluster._submit(self._function, args, kwargs)
 
 
