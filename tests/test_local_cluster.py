@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from _local_settings import SMALL
 
 import broker
 from broker.errors import ProviderUnavailableError
@@ -21,18 +22,6 @@ from broker.local.space import Categorical, SearchSpace
 from broker.testing.ray_fake import FakeRayCluster
 
 ADDRESS = "ray://127.0.0.1:10001"
-
-SMALL = {
-    "depth": 1,
-    "width": 8,
-    "activation": "relu",
-    "dropout": 0.0,
-    "norm": "none",
-    "embedding_dim": 2,
-    "learning_rate": 1e-2,
-    "weight_decay": 0.0,
-    "batch_size": 16,
-}
 
 
 @pytest.fixture

@@ -9,22 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _local_settings import SMALL
 
 from broker.local.knowledge import DatasetMeta, KnowledgeBase, default_path
 from broker.local.search import SearchOptions, run_search
 from broker.local.space import Categorical, SearchSpace
-
-SMALL = {
-    "depth": 1,
-    "width": 8,
-    "activation": "relu",
-    "dropout": 0.0,
-    "norm": "none",
-    "embedding_dim": 2,
-    "learning_rate": 1e-2,
-    "weight_decay": 0.0,
-    "batch_size": 16,
-}
 
 
 def _frame(n: int, seed: int = 0, positive_share: float = 0.5) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _local_settings import SMALL
 
 from broker.errors import (
     InvalidRequestError,
@@ -23,18 +24,6 @@ from broker.providers.local import LocalProvider, load_model
 from broker.schema import Column, ColumnKind, Schema
 from broker.spec import JobSpec, Task
 from broker.states import JobState
-
-SMALL = {
-    "depth": 1,
-    "width": 8,
-    "activation": "relu",
-    "dropout": 0.0,
-    "norm": "none",
-    "embedding_dim": 2,
-    "learning_rate": 1e-2,
-    "weight_decay": 0.0,
-    "batch_size": 16,
-}
 
 
 @pytest.fixture(autouse=True)

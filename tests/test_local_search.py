@@ -9,24 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _local_settings import SMALL
 from sklearn.metrics import mean_squared_error
 
 from broker.errors import ConfigurationError, NoModelTrainedError
 from broker.local.search import SearchOptions, run_search
 from broker.local.space import Categorical, SearchSpace
 from broker.local.trainer import train_trial
-
-SMALL = {
-    "depth": 1,
-    "width": 8,
-    "activation": "relu",
-    "dropout": 0.0,
-    "norm": "none",
-    "embedding_dim": 2,
-    "learning_rate": 1e-2,
-    "weight_decay": 0.0,
-    "batch_size": 16,
-}
 
 
 def _two_by_two() -> SearchSpace:

@@ -9,6 +9,7 @@ import statistics
 import numpy as np
 import pandas as pd
 import pytest
+from _local_settings import SMALL
 
 from broker.errors import ConfigurationError
 from broker.local.search import SearchOptions, run_search
@@ -28,18 +29,6 @@ from broker.local.strategies import (
     TPEStrategy,
     make_strategy,
 )
-
-SMALL = {
-    "depth": 1,
-    "width": 8,
-    "activation": "relu",
-    "dropout": 0.0,
-    "norm": "none",
-    "embedding_dim": 2,
-    "learning_rate": 1e-2,
-    "weight_decay": 0.0,
-    "batch_size": 16,
-}
 
 
 def _conditional_space() -> SearchSpace:
