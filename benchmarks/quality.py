@@ -213,14 +213,23 @@ def plan_cells(
 
 
 def pending_cells(
-    cells: Iterable[Cell], records: Iterable[Record], *, retry_failed: bool = False
+    cells: Iterable[Cell],
+    records: Iterable[Record],
+    *,
+    retry_failed: bool = False,
+    current_commit: str | None = None,
 ) -> list[Cell]:
-    """The cells that have no record yet (or only a failed one, with `retry_failed`)."""
+    """The cells that have no record yet, or only a failed one (with `retry_failed`),
+    or only one made on another commit than `current_commit` (when given)."""
     latest = latest_records(records)
     pending = []
     for cell in cells:
         found = latest.get(cell.key)
-        if found is None or (retry_failed and found.get("error")):
+        if (
+            found is None
+            or (retry_failed and found.get("error"))
+            or (current_commit is not None and found.get("commit") != current_commit)
+        ):
             pending.append(cell)
     return pending
 
@@ -1200,6 +1209,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run again the cells whose record holds an error",
     )
+    parser.add_argument(
+        "--stale",
+        action="store_true",
+        help="run again the cells whose record was made on another commit (the local "
+        "backend's cells after a change to it; use with --backends local)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
         "--work", type=Path, default=DEFAULT_WORK, help="split files and run folders"
@@ -1270,14 +1285,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"moved the earlier results to {results.with_suffix('.jsonl.bak')}")
     records = read_records(results)
     plan = plan_cells(seeds, budgets=args.budgets, backends=args.backends)
-    todo = pending_cells(plan, records, retry_failed=args.retry_failed)
+    commit = git_commit()
+    todo = pending_cells(
+        plan,
+        records,
+        retry_failed=args.retry_failed,
+        current_commit=commit if args.stale else None,
+    )
     print(
         f"{len(plan)} cells planned, {len(plan) - len(todo)} already recorded, "
         f"{len(todo)} to run",
         flush=True,
     )
 
-    commit = git_commit()
     context = {
         "machine": machine_description(),
         "versions": package_versions(args.flaml_python),

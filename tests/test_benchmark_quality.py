@@ -88,6 +88,18 @@ def test_plan_cells_orders_first_seed_of_every_budget_before_extra_seeds() -> No
     assert plan[0].task == "binary"
 
 
+def test_pending_cells_with_a_commit_runs_again_the_cells_made_on_another() -> None:
+    plan = quality.plan_cells({"kc1": [0, 1]}, budgets=[60], backends=["local"])
+    old = {**_record("kc1", "local", 0.80, seed=0), "commit": "fa15350"}
+    new = {**_record("kc1", "local", 0.82, seed=1), "commit": "7ad8770"}
+
+    stale = quality.pending_cells(plan, [old, new], current_commit="7ad8770")
+    kept = quality.pending_cells(plan, [old, new])
+
+    assert [c.key for c in stale] == [("kc1", "binary", 0, 60, "local")]
+    assert kept == []
+
+
 def test_pending_cells_skips_recorded_cells_and_retries_failed_on_request() -> None:
     plan = quality.plan_cells({"kc1": [0, 1]}, budgets=[60], backends=["local", "h2o"])
     records = [
