@@ -341,3 +341,22 @@ def test_local_provider_ray_address_without_ray_is_unavailable_at_submit(
         )
 
     assert provider.find_by_idempotency_key("key-1") is None
+
+
+def test_local_provider_ensemble_note_names_what_the_weights_were_chosen_from() -> None:
+    from types import SimpleNamespace
+
+    from broker.providers.local import _ensemble_note
+
+    search = SimpleNamespace(
+        networks=["trial-3", "trial-1"],
+        networks_bagged=True,
+        candidates=lambda: ["trial-3", "trial-1", "hgb-default", "linear-l2", "et"],
+        selection=SimpleNamespace(chosen_round=12, rounds=50),
+    )
+
+    # the leaderboard lists every trial; the weights are chosen among the kept ones
+    assert _ensemble_note(search) == (  # type: ignore[arg-type]
+        "greedy selection over 5 models (the 2 best bagged networks and 3 classical "
+        "models), 12 of 50 rounds"
+    )

@@ -460,11 +460,7 @@ class LocalProvider(Provider):
                     algorithm="ensemble",
                     validation_metrics={metric.name: _finite(search.selection.score)},
                     params=dict(search.selection.weights),
-                    notes=(
-                        f"greedy selection over {len(search.candidates())} models, "
-                        f"{search.selection.chosen_round} of "
-                        f"{search.selection.rounds} rounds"
-                    ),
+                    notes=_ensemble_note(search),
                 )
             )
         sign = -1.0 if metric.direction == "maximize" else 1.0
@@ -549,3 +545,17 @@ def _finite(value: float) -> float | None:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _ensemble_note(search: SearchResult) -> str:
+    """What the ensemble was chosen from: the kept networks (not every trial on the
+    leaderboard) and the classical models."""
+    networks = len(search.networks)
+    classical = len(search.candidates()) - networks
+    kind = "bagged " if search.networks_bagged else ""
+    assert search.selection is not None
+    return (
+        f"greedy selection over {networks + classical} models (the {networks} best "
+        f"{kind}networks and {classical} classical models), "
+        f"{search.selection.chosen_round} of {search.selection.rounds} rounds"
+    )
