@@ -255,7 +255,9 @@ def test_search_ten_second_limit_returns_within_twelve() -> None:
     assert time.monotonic() - started < 12.0
 
 
-def test_trainer_epoch_past_the_hard_deadline_is_abandoned(trial_data) -> None:  # type: ignore[no-untyped-def]
+def test_trainer_epoch_past_the_hard_deadline_is_abandoned(
+    trial_data,  # type: ignore[no-untyped-def]
+) -> None:
     frame = _binary_frame(400)
     data, metric = trial_data(frame)
     past = time.monotonic() - 1.0
