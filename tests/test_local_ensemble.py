@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _local_settings import SMALL as SHARED_SMALL
 
 from broker.errors import ConfigurationError
 from broker.local.classical import CONFIGS, SEARCH_CONFIGS, sampled_configs
@@ -22,17 +23,7 @@ from broker.local.space import Categorical, SearchSpace
 from broker.local.trainer import TrialOutcome
 from broker.models import load_saved_model
 
-SMALL = {
-    "depth": 1,
-    "width": 8,
-    "activation": "relu",
-    "dropout": 0.0,
-    "norm": "none",
-    "embedding_dim": 2,
-    "learning_rate": 1e-2,
-    "weight_decay": 0.0,
-    "batch_size": 32,
-}
+SMALL = {**SHARED_SMALL, "batch_size": 32}
 
 
 def _candidate(name: str, output: list[float] | np.ndarray) -> Candidate:

@@ -6,23 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from _local_settings import SMALL as SHARED_SMALL
 
 from broker.errors import ConfigurationError
 from broker.local.pruning import EpochPruner
 from broker.local.search import SearchOptions, run_search
 from broker.local.space import Categorical, SearchSpace
 
-SMALL = {
-    "depth": 1,
-    "width": 8,
-    "activation": "relu",
-    "dropout": 0.0,
-    "norm": "none",
-    "embedding_dim": 2,
-    "learning_rate": 1e-2,
-    "weight_decay": 0.0,
-    "batch_size": 32,
-}
+SMALL = {**SHARED_SMALL, "batch_size": 32}
 
 
 def _run(pruner: EpochPruner, number: int, rewards: list[float]) -> int | None:

@@ -799,9 +799,7 @@ class DistinctModels:
         self._seen.setdefault(self._key(config), name)
 
     def _key(self, config: ClassicalConfig) -> str:
-        import json
-
-        from broker.local.forest import smallest_leaf
+        from broker.local.forest import smallest_leaf  # forest imports this module
 
         params = dict(config.params)
         if config.algorithm == EXTRA_TREES:
