@@ -172,6 +172,41 @@ def seeds_for(
     return seeds
 
 
+def report_seeds(
+    datasets_dir: Path,
+    *,
+    small_seeds: int,
+    large_seeds: int,
+    loaded: dict[str, pd.DataFrame] | None = None,
+) -> dict[str, list[int]]:
+    """The seeds the report expects of every dataset found in `datasets_dir`.
+
+    The report counts each dataset against its full plan, whatever one run's --seeds or
+    --datasets were, so that rows filled over several runs read complete only when every
+    seed is in.
+
+    Args:
+        datasets_dir: The folder of dataset CSV files.
+        small_seeds: How many seeds a dataset under 5,000 rows runs.
+        large_seeds: How many seeds a larger dataset runs.
+        loaded: Frames already read, by dataset name (not read again).
+
+    Returns:
+        Dataset name to its seeds, for each dataset whose file exists.
+    """
+    loaded = loaded or {}
+    expected = {}
+    for name in DATASETS:
+        path = datasets_dir / f"{name}.csv"
+        if name not in loaded and not path.is_file():
+            continue
+        frame = loaded[name] if name in loaded else read_dataset_text(path)
+        expected[name] = seeds_for(
+            len(frame), small_seeds=small_seeds, large_seeds=large_seeds
+        )
+    return expected
+
+
 def plan_cells(
     seeds_by_dataset: dict[str, list[int]],
     *,
@@ -1024,8 +1059,9 @@ def render_markdown(payload: Record) -> str:
         f"Machine: {machine['platform']}, {machine['cores']} cores, "
         f"{machine['memory_gib']} GiB, {machine['cpu']}; Python {machine['python']}.",
         f"Versions: {versions}. Commit(s): {', '.join(payload['commits']) or '-'}.",
-        f"Command: `{payload['command']}`. Generated {payload['generated_at']} from "
-        f"{payload['cells']} recorded cells.",
+        "Runs of scripts/benchmark-quality.sh append their cells to quality.jsonl and "
+        f"rewrite this report from all of them; the latest: `{payload['command']}`. "
+        f"Generated {payload['generated_at']} from {payload['cells']} recorded cells.",
         "",
         "Each backend trains on the same 80% of rows and is scored by the broker's "
         "metrics on the same 20% (stratified split per seed). Values are means over "
@@ -1279,6 +1315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for name, frame in frames.items()
     }
+    expected = report_seeds(
+        args.datasets_dir,
+        small_seeds=args.small_seeds,
+        large_seeds=args.large_seeds,
+        loaded=frames,
+    )
     results = args.out / "quality.jsonl"
     if args.fresh and results.exists():
         results.replace(results.with_suffix(".jsonl.bak"))
@@ -1322,11 +1364,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_record(record: Record) -> None:
         append_record(results, record)
         records.append(record)
-        write_report(args.out, records, expected_seeds=seeds, context=context)
+        write_report(args.out, records, expected_seeds=expected, context=context)
         print(_progress_line(record, time.monotonic() - started), flush=True)
 
     if not todo:
-        write_report(args.out, records, expected_seeds=seeds, context=context)
+        write_report(args.out, records, expected_seeds=expected, context=context)
     max_s = args.max_hours * 3600 if args.max_hours is not None else None
     run_plan(todo, execute=execute, on_record=on_record, max_s=max_s)
     print(f"wrote {args.out / 'quality.md'}")

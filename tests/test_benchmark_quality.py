@@ -63,6 +63,19 @@ def test_seeds_for_small_and_large_datasets() -> None:
     assert quality.seeds_for(748, small_seeds=5, large_seeds=1, only=[1, 7]) == [1]
 
 
+def test_report_seeds_count_every_dataset_against_its_full_plan(tmp_path: Path) -> None:
+    # kc1 on disk with 30 rows, adult already read with 5,000: the report expects five
+    # seeds of kc1 and one of adult, whatever a run's own filters; absent files are left out.
+    (tmp_path / "kc1.csv").write_text("a,defects\n" + "1,true\n" * 30)
+    adult = pd.DataFrame({"class": ["<=50K"] * 5000})
+
+    expected = quality.report_seeds(
+        tmp_path, small_seeds=5, large_seeds=1, loaded={"adult": adult}
+    )
+
+    assert expected == {"adult": [0], "kc1": [0, 1, 2, 3, 4]}
+
+
 def test_plan_cells_orders_first_seed_of_every_budget_before_extra_seeds() -> None:
     plan = quality.plan_cells(
         {"credit-g": [0, 1], "adult": [0]},
