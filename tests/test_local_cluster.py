@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 import time
@@ -15,13 +16,11 @@ from _local_settings import SMALL
 
 import broker
 from broker.errors import ProviderUnavailableError
-from broker.local.cluster import EpochBoard, train_on_node
+from broker.local.cluster import EpochBoard, probe_address, train_on_node, writable
 from broker.local.loop import DEADLINE_GRACE_S
 from broker.local.search import SearchOptions, SearchResult, run_search
 from broker.local.space import Categorical, SearchSpace
 from broker.testing.ray_fake import FakeRayCluster
-
-ADDRESS = "ray://127.0.0.1:10001"
 
 
 @pytest.fixture
@@ -91,7 +90,9 @@ def test_ray_search_runs_its_trials_on_the_cluster_as_many_at_once_as_it_has_cpu
 ) -> None:
     cluster = install_cluster(cpus=2)
 
-    result = _search(_frame(), max_trials=4, max_epochs=3, seed=0, ray_address=ADDRESS)
+    result = _search(
+        _frame(), max_trials=4, max_epochs=3, seed=0, ray_address=cluster.address
+    )
 
     assert [t[:3] for t in _trials(result)] == [
         (1, 3, "max_epochs"),
@@ -105,7 +106,7 @@ def test_ray_search_runs_its_trials_on_the_cluster_as_many_at_once_as_it_has_cpu
     # one connection, with this package shipped to the nodes; the data sent once;
     # trials not retried, the board on no CPU, and removed at the end
     assert cluster.init_calls == [
-        {"address": ADDRESS, "runtime_env": {"py_modules": [broker]}}
+        {"address": cluster.address, "runtime_env": {"py_modules": [broker]}}
     ]
     assert cluster.remote_options == [
         {"target": "train_on_node", "max_retries": 0},
@@ -124,7 +125,9 @@ def test_ray_search_on_a_gpu_cluster_runs_one_trial_per_gpu(
 ) -> None:
     cluster = install_cluster(cpus=8, gpus=2)
 
-    result = _search(_frame(), max_trials=4, max_epochs=2, seed=0, ray_address=ADDRESS)
+    result = _search(
+        _frame(), max_trials=4, max_epochs=2, seed=0, ray_address=cluster.address
+    )
 
     assert len(result.trials) == 4
     assert cluster.task_options == [{"max_retries": 0, "num_gpus": 1}] * 4
@@ -137,23 +140,55 @@ def test_ray_search_uses_an_existing_connection_of_this_process(
     cluster = install_cluster(cpus=1)
     cluster.initialized = True
 
-    result = _search(_frame(), max_trials=1, max_epochs=1, seed=0, ray_address=ADDRESS)
+    result = _search(
+        _frame(), max_trials=1, max_epochs=1, seed=0, ray_address=cluster.address
+    )
 
     assert cluster.init_calls == []
     assert len(result.trials) == 1
 
 
-def test_ray_cluster_that_cannot_be_reached_is_unavailable_and_names_the_address(
+def test_ray_address_where_nothing_listens_fails_at_once_without_asking_ray(
     install_cluster,  # type: ignore[no-untyped-def]
 ) -> None:
-    install_cluster(unreachable=True)
+    cluster = install_cluster(cpus=1)
+    with socket.socket() as spare:  # a loopback port that nothing listens on
+        spare.bind(("127.0.0.1", 0))
+        address = f"ray://127.0.0.1:{spare.getsockname()[1]}"
+    started = time.monotonic()
 
     with pytest.raises(ProviderUnavailableError) as info:
-        _search(_frame(), max_trials=1, seed=0, ray_address=ADDRESS)
+        _search(_frame(), max_trials=1, seed=0, ray_address=address)
 
     assert str(info.value) == (
-        "cannot reach the Ray cluster at ray://127.0.0.1:10001: ConnectionError: could "
-        "not connect to ray://127.0.0.1:10001; check the address and that the cluster "
+        f"cannot reach the Ray cluster at {address}: ConnectionRefusedError: [Errno "
+        "111] Connection refused; check the address and that the cluster is running, "
+        "or leave ray_address out to train on this machine"
+    )
+    assert info.value.reason == "ray_unreachable"
+    assert cluster.init_calls == []  # Ray itself would retry for many minutes
+    assert time.monotonic() - started < 5.0
+
+
+def test_ray_address_forms_without_a_port_are_left_to_ray() -> None:
+    probe_address("auto")  # returns without connecting anywhere
+    probe_address("ray://")
+
+    with pytest.raises(OSError):
+        probe_address("127.0.0.1:0", timeout_s=1.0)
+
+
+def test_ray_service_that_is_not_a_cluster_is_unavailable_and_names_the_address(
+    install_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    cluster = install_cluster(unreachable=True)
+
+    with pytest.raises(ProviderUnavailableError) as info:
+        _search(_frame(), max_trials=1, seed=0, ray_address=cluster.address)
+
+    assert str(info.value) == (
+        f"cannot reach the Ray cluster at {cluster.address}: ConnectionError: could "
+        f"not connect to {cluster.address}; check the address and that the cluster "
         "is running, or leave ray_address out to train on this machine"
     )
     assert info.value.reason == "ray_unreachable"
@@ -165,9 +200,9 @@ def test_ray_search_on_one_cpu_prunes_exactly_as_the_search_on_this_machine(
 ) -> None:
     settings = {"max_trials": 8, "max_epochs": 12, "patience": 12, "seed": 3}
     here = _search(_frame(), pruner="asha", workers=1, **settings)
-    install_cluster(cpus=1)
+    cluster = install_cluster(cpus=1)
 
-    there = _search(_frame(), pruner="asha", ray_address=ADDRESS, **settings)
+    there = _search(_frame(), pruner="asha", ray_address=cluster.address, **settings)
 
     assert _trials(there) == _trials(here)
     reasons = [t[2] for t in _trials(here)]
@@ -187,7 +222,7 @@ def test_ray_trials_running_at_the_deadline_stop_there_and_keep_their_scores(
         max_epochs=100_000,
         patience=100_000,
         seed=0,
-        ray_address=ADDRESS,
+        ray_address=cluster.address,
     )
 
     elapsed = time.monotonic() - started
@@ -223,7 +258,7 @@ def test_ray_search_cancelled_stops_the_trials_on_the_cluster_at_their_next_epoc
         max_epochs=20,
         patience=20,
         seed=0,
-        ray_address=ADDRESS,
+        ray_address=cluster.address,
     )
 
     assert result.stop_reason == "cancelled"
@@ -246,10 +281,10 @@ def test_ray_trial_that_fails_on_a_node_stops_the_search_naming_the_dependencies
     )
 
     with pytest.raises(ProviderUnavailableError) as info:
-        _search(_frame(), max_trials=3, seed=0, ray_address=ADDRESS)
+        _search(_frame(), max_trials=3, seed=0, ray_address=cluster.address)
 
     assert str(info.value) == (
-        "trial 1 failed on the Ray cluster at ray://127.0.0.1:10001: "
+        f"trial 1 failed on the Ray cluster at {cluster.address}: "
         "ModuleNotFoundError: No module named 'torch'; the cluster's nodes need the "
         "project's dependencies (torch, numpy, pandas, scikit-learn, optuna), or leave "
         "ray_address out to train on this machine"
@@ -297,3 +332,20 @@ def test_a_trial_on_a_node_turns_the_wall_clock_deadline_into_its_own_clock(
     assert outcome.epochs_run == 1
     assert outcome.stop_reason == "deadline"
     assert not np.isnan(outcome.score)
+
+
+def test_a_trial_on_a_node_trains_on_writable_copies_of_read_only_arrays(
+    trial_data,  # type: ignore[no-untyped-def]
+) -> None:
+    data, _ = trial_data(_frame())
+    data.x_num_train.flags.writeable = False  # as Ray's object store hands them over
+    data.y_train.flags.writeable = False
+
+    copied = writable(data)
+
+    assert copied.x_num_train.flags.writeable and copied.y_train.flags.writeable
+    assert np.array_equal(copied.x_num_train, data.x_num_train)
+    assert np.array_equal(copied.y_train, data.y_train)
+    assert copied.x_num_train is not data.x_num_train
+    assert copied.x_cat_train is data.x_cat_train  # already writable: not copied
+    assert writable(copied) is copied

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import time
 
 import numpy as np
@@ -124,7 +125,11 @@ def test_search_in_worker_processes_stops_running_trials_at_the_deadline() -> No
     assert multiprocessing.active_children() == []
 
 
-def test_search_ray_address_without_ray_names_the_extra() -> None:
+def test_search_ray_address_without_ray_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is absent
+
     with pytest.raises(
         ProviderUnavailableError, match=r"pip install 'automl-broker\[ray\]'"
     ) as info:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -328,8 +329,9 @@ def test_local_provider_notes_say_which_earlier_configurations_were_reused(
 
 
 def test_local_provider_ray_address_without_ray_is_unavailable_at_submit(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is absent
     provider = LocalProvider(space=_space())
 
     with pytest.raises(

@@ -14,6 +14,10 @@ other trial. A task that has not returned `RETURN_ALLOWANCE_S` after that is can
 and the log says its result was lost (unless the search has no model yet: a first trial
 finishes its first epoch, as it does here). A lost task is not retried.
 
+Before connecting, the search opens a TCP connection to the address: where nothing
+listens, Ray's own connection would retry for many minutes, and the job is better off
+falling back to this machine at once.
+
 The cluster runs this package's code: the search ships the `broker` package to it as a
 runtime-environment module, and the nodes need the project's dependencies (torch, numpy,
 pandas, scikit-learn, optuna) installed.
@@ -22,8 +26,12 @@ pandas, scikit-learn, optuna) installed.
 from __future__ import annotations
 
 import logging
+import socket
 import time
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from broker.errors import ProviderUnavailableError
 from broker.local.loop import DEADLINE_GRACE_S, SearchLoop, require_ray
@@ -35,6 +43,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# How long the search waits for a cluster's address to accept a connection.
+PROBE_TIMEOUT_S = 5.0
 # How long after the hard deadline the search waits for a task to return its result.
 RETURN_ALLOWANCE_S = 5.0
 # How often the search reads the board, and a waiting trial asks for its answer; how
@@ -82,8 +92,6 @@ def run_on_ray(loop: SearchLoop, data: TrialData, options: SearchOptions) -> str
         ProviderUnavailableError: Ray is not installed, the cluster cannot be reached,
             or a trial failed on it (its nodes lack a dependency, or a node was lost).
     """
-    # TODO(local-ray): tested against the in-process fake of broker.testing.ray_fake,
-    # never yet against a running cluster (connection, shipping, real cancellation).
     address = str(options.ray_address)
     ray = _connect(address)
     resources = ray.cluster_resources()
@@ -114,6 +122,7 @@ def _connect(address: str) -> Any:
         logger.info("using this process's existing Ray connection, not %s", address)
         return ray
     try:
+        probe_address(address)
         ray.init(address=address, runtime_env={"py_modules": [broker]})
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ...
         raise ProviderUnavailableError(
@@ -124,6 +133,23 @@ def _connect(address: str) -> Any:
             reason="ray_unreachable",
         ) from None
     return ray
+
+
+def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Open and close a TCP connection to a `host:port` or `ray://host:port` address.
+
+    Ray's own connection keeps retrying an address where nothing listens for many
+    minutes; this fails within `timeout_s`. Other forms ("auto", a bare host) are left
+    to Ray.
+
+    Raises:
+        OSError: nothing accepted the connection in time.
+    """
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+        pass
 
 
 def _drive(
@@ -242,6 +268,7 @@ def train_on_node(
     import ray
     import torch
 
+    data = writable(data)
     deadline = time.monotonic() + (deadline_epoch_s - time.time())
     hard_deadline = deadline + DEADLINE_GRACE_S
     told: list[str] = []
@@ -281,3 +308,18 @@ def train_on_node(
         keep_first_epoch=keep_first_epoch,
         on_epoch=on_epoch,
     )
+
+
+def writable(data: TrialData) -> TrialData:
+    """`data` with its read-only arrays copied.
+
+    A Ray task gets its arguments' arrays as read-only views of the node's object
+    store; torch warns about wrapping those in tensors (writing to them would be
+    undefined), so each trial trains on its own copy.
+    """
+    copies: dict[str, Any] = {}
+    for field in fields(data):
+        value = getattr(data, field.name)
+        if isinstance(value, np.ndarray) and not value.flags.writeable:
+            copies[field.name] = value.copy()
+    return replace(data, **copies) if copies else data

@@ -4,18 +4,22 @@ Tasks run on threads of this process, as many at once as the fake cluster has CP
 rest wait in a queue, as on a cluster); an actor is an object whose methods run one at a
 time. Every task's function and arguments go through pickle first, as Ray would ship
 them to a node, so a search that hands Ray something it cannot send fails here too.
-Nothing listens on a socket. The fake records what the search asked of it::
+The cluster's address is a socket listening on 127.0.0.1 that accepts connections and
+answers nothing, so that the search's check of the address finds it up. The fake records
+what the search asked of it::
 
     cluster = FakeRayCluster(cpus=2)
     monkeypatch.setitem(sys.modules, "ray", cluster.module())
-    run_search(..., options=SearchOptions(ray_address="ray://127.0.0.1:10001"))
+    run_search(..., options=SearchOptions(ray_address=cluster.address))
     assert cluster.max_running == 2
+    cluster.close()
 """
 
 from __future__ import annotations
 
 import itertools
 import pickle
+import socket
 import threading
 import types
 from collections.abc import Callable
@@ -46,7 +50,8 @@ class FakeRayCluster:
         cpus: the cluster's CPUs, which is as many tasks as run at once.
         task_error: raised by every task instead of running it (for example the
             ImportError of a node without torch).
-        unreachable: `init` raises ConnectionError, as for a wrong address.
+        unreachable: `init` raises ConnectionError, as Ray does for a service at the
+            address that is not a Ray cluster.
     """
 
     def __init__(
@@ -75,6 +80,8 @@ class FakeRayCluster:
         self._actors: dict[int, Any] = {}
         self._actor_locks: dict[int, threading.Lock] = {}
         self._submitted: list[futures.Future[Any]] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"ray://127.0.0.1:{self._listener.getsockname()[1]}"
         self.id = next(_NEXT_CLUSTER)
         _CLUSTERS[self.id] = self
 
@@ -97,8 +104,9 @@ class FakeRayCluster:
         return module
 
     def close(self) -> None:
-        """Wait for every task, then forget the cluster."""
+        """Wait for every task, then forget the cluster and close its address."""
         self._pool.shutdown(wait=True)
+        self._listener.close()
         _CLUSTERS.pop(self.id, None)
 
     @property
