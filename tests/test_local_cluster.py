@@ -7,18 +7,18 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 from _local_settings import SMALL
+from _ray_search import frame as _frame
+from _ray_search import search as _search
+from _ray_search import trials as _trials
 
 import broker
 from broker.errors import ProviderUnavailableError
 from broker.local.cluster import EpochBoard, probe_address, train_on_node, writable
 from broker.local.loop import DEADLINE_GRACE_S
-from broker.local.search import SearchOptions, SearchResult, run_search
 from broker.local.space import Categorical, SearchSpace
 from broker.testing.ray_fake import FakeRayCluster
 
@@ -36,53 +36,6 @@ def install_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeRayClu
     yield install  # type: ignore[misc]
     for cluster in made:
         cluster.close()
-
-
-def _frame(n: int = 200, noise: float = 1.0) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=n)
-    b = rng.normal(size=n)
-    label = np.where(a + 0.5 * b + noise * rng.normal(size=n) > 0, "yes", "no")
-    return pd.DataFrame({"a": a, "b": b, "label": label})
-
-
-def _search(
-    frame: pd.DataFrame,
-    budget_s: float = 60,
-    stop_event: threading.Event | None = None,
-    on_trial: Any = None,
-    space: SearchSpace | None = None,
-    **options: object,
-) -> SearchResult:
-    return run_search(
-        frame,
-        target="label",
-        task="binary",
-        numeric=["a", "b"],
-        categorical=[],
-        metric="roc_auc",
-        budget_s=budget_s,
-        classes=["no", "yes"],
-        positive_class="yes",
-        space=space
-        or SearchSpace(
-            params={
-                "width": Categorical([4, 8, 16]),
-                "learning_rate": Categorical([1e-3, 1e-2, 5e-2]),
-            },
-            fixed=SMALL,
-        ),
-        options=SearchOptions(**options),  # type: ignore[arg-type]
-        stop_event=stop_event,
-        on_trial=on_trial,
-    )
-
-
-def _trials(result: SearchResult) -> list[tuple[int, int, str, float]]:
-    return [
-        (t.trial_number, t.epochs_run, t.stop_reason, t.score)
-        for t in sorted(result.trials, key=lambda t: t.trial_number)
-    ]
 
 
 def test_ray_search_runs_its_trials_on_the_cluster_as_many_at_once_as_it_has_cpus(

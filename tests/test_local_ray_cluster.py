@@ -18,14 +18,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
-from _local_settings import SMALL
+from _ray_search import frame as _frame
+from _ray_search import search as _search
+from _ray_search import trials as _trials
 
 from broker.errors import ProviderUnavailableError
 from broker.local.loop import DEADLINE_GRACE_S
-from broker.local.search import SearchOptions, SearchResult, run_search
-from broker.local.space import Categorical, SearchSpace
 
 if os.environ.get("AUTOML_BROKER_RAY_LOOPBACK") != "1":
     pytest.skip(
@@ -71,53 +70,6 @@ def _node_args(cpus: int) -> dict[str, Any]:
         "include_dashboard": False,
         "object_store_memory": 128 * 1024**2,
     }
-
-
-def _frame(n: int = 200) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=n)
-    b = rng.normal(size=n)
-    label = np.where(a + 0.5 * b + rng.normal(size=n) > 0, "yes", "no")
-    return pd.DataFrame({"a": a, "b": b, "label": label})
-
-
-def _search(
-    frame: pd.DataFrame,
-    budget_s: float = 120,
-    stop_event: threading.Event | None = None,
-    on_trial: Any = None,
-    space: SearchSpace | None = None,
-    **options: object,
-) -> SearchResult:
-    return run_search(
-        frame,
-        target="label",
-        task="binary",
-        numeric=["a", "b"],
-        categorical=[],
-        metric="roc_auc",
-        budget_s=budget_s,
-        classes=["no", "yes"],
-        positive_class="yes",
-        space=space
-        or SearchSpace(
-            params={
-                "width": Categorical([4, 8, 16]),
-                "learning_rate": Categorical([1e-3, 1e-2, 5e-2]),
-            },
-            fixed=SMALL,
-        ),
-        options=SearchOptions(**options),  # type: ignore[arg-type]
-        stop_event=stop_event,
-        on_trial=on_trial,
-    )
-
-
-def _trials(result: SearchResult) -> list[tuple[int, int, str, float]]:
-    return [
-        (t.trial_number, t.epochs_run, t.stop_reason, t.score)
-        for t in sorted(result.trials, key=lambda t: t.trial_number)
-    ]
 
 
 def _cpus_free_within(total: float, seconds: float) -> float:
