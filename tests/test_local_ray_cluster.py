@@ -186,4 +186,4 @@ def test_address_where_no_cluster_listens_is_unavailable_and_names_it() -> None:
         "out to train on this machine"
     )
     assert info.value.reason == "ray_unreachable"
-    assert time.monotonic() - started < 120
+    assert time.monotonic() - started < 10.0  # the probe, not Ray's own retries
