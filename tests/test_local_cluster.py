@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 import threading
@@ -247,6 +248,62 @@ def test_ray_trial_that_fails_on_a_node_stops_the_search_naming_the_dependencies
     assert cluster.tasks_submitted == 1
     assert len(cluster.killed) == 1  # the board is removed on the way out
     assert cluster.unfinished == 0
+
+
+def test_ray_board_that_cannot_be_removed_leaves_the_search_its_trials(
+    install_cluster,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cluster = install_cluster(cpus=2, cleanup_error=ConnectionError("node lost"))
+
+    with caplog.at_level(logging.WARNING, logger="broker.local.cluster"):
+        result = _search(
+            _frame(), max_trials=3, max_epochs=2, seed=0, ray_address=cluster.address
+        )
+
+    assert [t[:3] for t in _trials(result)] == [
+        (1, 2, "max_epochs"),
+        (2, 2, "max_epochs"),
+        (3, 2, "max_epochs"),
+    ]
+    assert result.best is not None and result.best.state_dict
+    assert len(cluster.killed) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not remove the search's board actor from the Ray cluster "
+        "(ConnectionError: node lost); Ray removes it when this process disconnects"
+    ]
+
+
+def test_ray_trial_failure_is_the_error_raised_when_cleaning_up_fails_too(
+    install_cluster,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cluster = install_cluster(
+        cpus=2,
+        task_error=ModuleNotFoundError("No module named 'torch'"),
+        cleanup_error=ConnectionError("node lost"),
+    )
+
+    with (
+        caplog.at_level(logging.WARNING, logger="broker.local.cluster"),
+        pytest.raises(ProviderUnavailableError) as info,
+    ):
+        _search(_frame(), max_trials=3, seed=0, ray_address=cluster.address)
+
+    assert info.value.reason == "ray_trial_failed"
+    assert "ModuleNotFoundError: No module named 'torch'" in str(info.value)
+    # both trials were submitted; the one not yet collected is cancelled, which fails
+    failed = int(str(info.value).split()[1])
+    other = 3 - failed
+    assert cluster.tasks_submitted == 2
+    assert len(cluster.cancelled) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"trial {other} is still running on the Ray cluster: cancelled, the search "
+        "stopped",
+        f"trial {other} could not be cancelled (ConnectionError: node lost)",
+        "could not remove the search's board actor from the Ray cluster "
+        "(ConnectionError: node lost); Ray removes it when this process disconnects",
+    ]
 
 
 def test_a_trial_on_a_node_turns_the_wall_clock_deadline_into_its_own_clock(

@@ -110,8 +110,7 @@ def run_on_ray(loop: SearchLoop, data: TrialData, options: SearchOptions) -> str
     try:
         return _drive(ray, loop, options, train, board, shared, slots, running)
     finally:
-        _cancel(ray, running, "the search stopped")
-        ray.kill(board)
+        _release(ray, running, board)
 
 
 def _connect(address: str) -> Any:
@@ -241,12 +240,41 @@ def _answer(ray: Any, board: Any, loop: SearchLoop, running: set[int]) -> None:
         ray.get(board.answer.remote(answers), timeout=BOARD_TIMEOUT_S)
 
 
+def _release(ray: Any, running: dict[Any, int], board: Any) -> None:
+    """Cancel the trials still running and remove the board, on any way out.
+
+    A failure here (a node lost with the board, a connection gone) is logged and
+    dropped: it must neither take the search's finished trials from the caller nor
+    hide the error that ended the search.
+    """
+    _cancel(ray, running, "the search stopped")
+    try:
+        ray.kill(board)
+    except Exception as exc:  # cleanup: the search's own outcome wins
+        logger.warning(
+            "could not remove the search's board actor from the Ray cluster (%s: %s); "
+            "Ray removes it when this process disconnects",
+            type(exc).__name__,
+            exc,
+        )
+
+
 def _cancel(ray: Any, running: dict[Any, int], why: str) -> None:
+    """Cancel each trial still running; one that cannot be cancelled is logged, and
+    stops at its next epoch once the board is gone, or at the search's deadline."""
     for ref, number in running.items():
         logger.warning(
             "trial %d is still running on the Ray cluster: cancelled, %s", number, why
         )
-        ray.cancel(ref, force=True)
+        try:
+            ray.cancel(ref, force=True)
+        except Exception as exc:  # cleanup: the search's own outcome wins
+            logger.warning(
+                "trial %d could not be cancelled (%s: %s)",
+                number,
+                type(exc).__name__,
+                exc,
+            )
     running.clear()
 
 

@@ -52,6 +52,8 @@ class FakeRayCluster:
             ImportError of a node without torch).
         unreachable: `init` raises ConnectionError, as Ray does for a service at the
             address that is not a Ray cluster.
+        cleanup_error: raised by `cancel` and `kill` after they are recorded, as Ray
+            raises when the node of a task or actor has been lost.
     """
 
     def __init__(
@@ -60,11 +62,13 @@ class FakeRayCluster:
         gpus: int = 0,
         task_error: BaseException | None = None,
         unreachable: bool = False,
+        cleanup_error: BaseException | None = None,
     ) -> None:
         self.cpus = cpus
         self.gpus = gpus
         self.task_error = task_error
         self.unreachable = unreachable
+        self.cleanup_error = cleanup_error
         self.initialized = False
         self.init_calls: list[dict[str, Any]] = []
         self.remote_options: list[dict[str, Any]] = []
@@ -133,6 +137,8 @@ class FakeRayCluster:
 
     def kill(self, actor: Any) -> None:
         self.killed.append(actor)
+        if self.cleanup_error is not None:
+            raise self.cleanup_error
 
     def put(self, value: Any) -> FakeObjectRef:
         self.puts += 1
@@ -171,6 +177,8 @@ class FakeRayCluster:
 
     def cancel(self, ref: FakeObjectRef, *, force: bool = False) -> None:
         self.cancelled.append(ref)
+        if self.cleanup_error is not None:
+            raise self.cleanup_error
         ref.future.cancel()  # a queued task never starts; a running one finishes
 
     # --- internals --------------------------------------------------------------------
