@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import sys
@@ -130,6 +131,87 @@ def test_ray_address_forms_without_a_port_are_left_to_ray() -> None:
 
     with pytest.raises(OSError):
         probe_address("127.0.0.1:0", timeout_s=1.0)
+
+
+@contextlib.contextmanager
+def _loopback_service(answer: bytes | None) -> Iterator[str]:
+    """A service on a loopback port that sends `answer` to each connection (None: says
+    nothing) and keeps it open until the test ends; yields its `host:port`."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    done = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            held.append(connection)
+            if answer is not None:
+                connection.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        server.close()
+
+
+def test_ray_address_of_a_service_that_is_not_ray_fails_at_once_naming_it(
+    install_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    cluster = install_cluster(cpus=1)
+    started = time.monotonic()
+
+    with (
+        _loopback_service(b"HTTP/1.1 400 Bad Request\r\n\r\n") as address,
+        pytest.raises(ProviderUnavailableError) as info,
+    ):
+        _search(_frame(), max_trials=1, seed=0, ray_address=address)
+
+    assert str(info.value) == (
+        f"cannot reach the Ray cluster at {address}: ConnectionError: the service at "
+        f"{address} is not a Ray cluster: it did not answer the gRPC handshake (its "
+        "first bytes: b'HTTP/1.1 '); check the address and that the cluster is "
+        "running, or leave ray_address out to train on this machine"
+    )
+    assert info.value.reason == "ray_unreachable"
+    assert cluster.init_calls == []  # Ray itself would retry for many minutes
+    assert time.monotonic() - started < 2.0
+
+
+def test_ray_address_of_a_service_that_says_nothing_fails_after_the_probe_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
+    with _loopback_service(None) as address:
+        started = time.monotonic()
+        with pytest.raises(ConnectionError) as info:
+            probe_address(address, timeout_s=0.5)
+        waited = time.monotonic() - started
+
+        assert str(info.value) == (
+            f"the service at {address} accepted the connection but did not answer "
+            "within 0.5 s as a Ray cluster does"
+        )
+        assert 0.5 <= waited < 1.5
+
+        # a cluster behind TLS cannot be asked in clear text: only the port is checked
+        monkeypatch.setenv("RAY_USE_TLS", "1")
+        probe_address(address, timeout_s=0.5)
+
+
+def test_ray_address_of_a_grpc_server_passes_the_probe() -> None:
+    with _loopback_service(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00") as address:
+        probe_address(address, timeout_s=1.0)
+        probe_address(f"ray://{address}", timeout_s=1.0)
 
 
 def test_ray_service_that_is_not_a_cluster_is_unavailable_and_names_the_address(

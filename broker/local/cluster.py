@@ -26,6 +26,7 @@ pandas, scikit-learn, optuna) installed.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from dataclasses import fields, replace
@@ -43,8 +44,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# How long the search waits for a cluster's address to accept a connection.
+# How long the search waits for a cluster's address to accept a connection and answer.
 PROBE_TIMEOUT_S = 5.0
+# what an HTTP/2 client sends first (RFC 9113, 3.4), and an empty SETTINGS frame
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HTTP2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 # How long after the hard deadline the search waits for a task to return its result.
 RETURN_ALLOWANCE_S = 5.0
 # How often the search reads the board, and a waiting trial asks for its answer; how
@@ -135,20 +139,52 @@ def _connect(address: str) -> Any:
 
 
 def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """Open and close a TCP connection to a `host:port` or `ray://host:port` address.
+    """Check that a `host:port` or `ray://host:port` address answers as a Ray cluster.
 
-    Ray's own connection keeps retrying an address where nothing listens for many
-    minutes; this fails within `timeout_s`. Other forms ("auto", a bare host) are left
-    to Ray.
+    Ray's own connection keeps retrying for many minutes an address where nothing
+    listens, or where a service that is not Ray's answers; this fails within
+    `timeout_s`. Both of Ray's endpoints (the cluster's control store and its client
+    server) speak gRPC, so the check opens a connection and asks for an HTTP/2 session,
+    which such a server acknowledges with its settings. With `RAY_USE_TLS` set only the
+    connection is checked. Other forms ("auto", a bare host) are left to Ray.
 
     Raises:
         OSError: nothing accepted the connection in time.
+        ConnectionError: the service there did not answer as a gRPC server in time.
     """
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isdigit():
         return
-    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-        pass
+    where = (host.strip("[]"), int(port))
+    deadline = time.monotonic() + timeout_s
+    with socket.create_connection(where, timeout=timeout_s) as connection:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return
+        connection.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
+        header = b""
+        try:
+            while len(header) < 9:
+                connection.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = connection.recv(9 - len(header))
+                if not chunk:
+                    break
+                header += chunk
+        except TimeoutError:
+            raise ConnectionError(
+                f"the service at {host}:{port} accepted the connection but did not "
+                f"answer within {timeout_s:g} s as a Ray cluster does"
+            ) from None
+        except OSError as exc:
+            raise ConnectionError(
+                f"the service at {host}:{port} dropped the connection ({exc}) instead "
+                "of answering as a Ray cluster does"
+            ) from None
+    # an HTTP/2 frame header: 3 bytes of length, then the type (4: SETTINGS)
+    if len(header) < 9 or header[3] != 4:
+        raise ConnectionError(
+            f"the service at {host}:{port} is not a Ray cluster: it did not answer "
+            f"the gRPC handshake (its first bytes: {header!r})"
+        )
 
 
 def _drive(

@@ -4,8 +4,9 @@ Tasks run on threads of this process, as many at once as the fake cluster has CP
 rest wait in a queue, as on a cluster); an actor is an object whose methods run one at a
 time. Every task's function and arguments go through pickle first, as Ray would ship
 them to a node, so a search that hands Ray something it cannot send fails here too.
-The cluster's address is a socket listening on 127.0.0.1 that accepts connections and
-answers nothing, so that the search's check of the address finds it up. The fake records
+The cluster's address is a socket listening on 127.0.0.1 that answers the opening of a
+gRPC connection as Ray's servers do (an HTTP/2 SETTINGS frame) and nothing more, so that
+the search's check of the address finds a cluster there. The fake records
 what the search asked of it::
 
     cluster = FakeRayCluster(cpus=2)
@@ -27,6 +28,11 @@ from concurrent import futures
 from typing import Any
 
 _CLUSTERS: dict[int, FakeRayCluster] = {}
+# an HTTP/2 client's preface and empty SETTINGS frame; a server's empty SETTINGS frame
+_CLIENT_OPENING = (
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+)
+_SERVER_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 _NEXT_CLUSTER = itertools.count(1)
 
 
@@ -85,6 +91,10 @@ class FakeRayCluster:
         self._actor_locks: dict[int, threading.Lock] = {}
         self._submitted: list[futures.Future[Any]] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self._closing = threading.Event()
+        self._server = threading.Thread(target=self._answer_handshakes, daemon=True)
+        self._server.start()
         self.address = f"ray://127.0.0.1:{self._listener.getsockname()[1]}"
         self.id = next(_NEXT_CLUSTER)
         _CLUSTERS[self.id] = self
@@ -110,6 +120,8 @@ class FakeRayCluster:
     def close(self) -> None:
         """Wait for every task, then forget the cluster and close its address."""
         self._pool.shutdown(wait=True)
+        self._closing.set()
+        self._server.join()
         self._listener.close()
         _CLUSTERS.pop(self.id, None)
 
@@ -182,6 +194,26 @@ class FakeRayCluster:
         ref.future.cancel()  # a queued task never starts; a running one finishes
 
     # --- internals --------------------------------------------------------------------
+
+    def _answer_handshakes(self) -> None:
+        """Answer each connection's HTTP/2 preface with an empty SETTINGS frame."""
+        while not self._closing.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(2.0)
+                received = b""
+                try:
+                    while len(received) < len(_CLIENT_OPENING):
+                        chunk = connection.recv(len(_CLIENT_OPENING) - len(received))
+                        if not chunk:
+                            break
+                        received += chunk
+                    connection.sendall(_SERVER_SETTINGS)
+                except OSError:
+                    continue
 
     def _submit(self, function: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         args = tuple(
