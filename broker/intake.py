@@ -454,11 +454,19 @@ def build_schema(
         )
 
     frame, dropped_rows = _drop_missing_target(frame, target)
-    labels, resolved, classes = _resolve_task(frame[target], target, task)
+    grouped = _grouped_target(frame[target], task)
+    labels, resolved, classes = _resolve_task(grouped, target, task)
+    if grouped is not frame[target] and resolved == Task.REGRESSION:
+        warnings.warn(
+            f"read the target {target!r} as numbers written with thousands separators "
+            f"(such as '1,234,567'); the commas were removed",
+            DataWarning,
+            stacklevel=3,
+        )
+    elif grouped is not frame[target]:  # a few whole numbers: class labels as written
+        labels, resolved, classes = _resolve_task(frame[target], target, task)
     frame[target] = labels
     features = [name for name in columns if name != target and name not in ignored]
-    # TODO(grouped-targets): a target written "1,234" stays text; only features are
-    # read as numbers with thousands separators.
     _read_grouped_numbers(frame, features)
     _infinite_as_missing(frame, features)
 
@@ -525,6 +533,21 @@ def _read_grouped_numbers(frame: pd.DataFrame, names: Sequence[str]) -> None:
             DataWarning,
             stacklevel=4,
         )
+
+
+def _grouped_target(labels: pd.Series, task: Task) -> pd.Series:
+    """`labels` as numbers when every one is a number and some are written with
+    thousands separators ("1,234"), for a regression target or one whose task is to be
+    inferred; else `labels` itself."""
+    if task not in (Task.REGRESSION, Task.AUTO):
+        return labels
+    if pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
+        return labels
+    if not _all_grouped_numbers(labels) or not any("," in v for v in labels):
+        return labels
+    return pd.to_numeric(labels.map(lambda v: v.strip().replace(",", ""))).astype(
+        np.float64
+    )
 
 
 def _all_grouped_numbers(values: pd.Series) -> bool:
@@ -764,6 +787,10 @@ def _check_task_fits(
 
 def _normalise_labels(labels: pd.Series, schema: Schema) -> pd.Series:
     if schema.task == Task.REGRESSION:
+        if not pd.api.types.is_numeric_dtype(labels) and _all_grouped_numbers(labels):
+            labels = pd.to_numeric(
+                labels.map(lambda v: v.strip().replace(",", ""))
+            ).astype(np.float64)
         kind, values = _label_kind(labels)
         _check_task_fits(Task.REGRESSION, kind, 2, schema.target, values)
         return pd.Series(values, index=labels.index)

@@ -754,6 +754,48 @@ def test_load_dataset_reads_thousands_separators_as_numbers(tmp_path: Path) -> N
     assert dataset.frame["ratio"].tolist()[:2] == ["1,5", "2,5"]
 
 
+def test_regression_target_with_thousands_separators_is_read_as_numbers(
+    tmp_path: Path,
+) -> None:
+    rows = ["1,250,000", "980,500", "2,100,000.5", "875,000", "1,490,250", "640,000"]
+    rows += ["1,020,000", "755,500", "999", "1,875,000", "1,330,000", "702,250"]
+    text = "rooms,price\n" + "".join(
+        f'{i % 5 + 1},"{price}"\n' for i, price in enumerate(rows)
+    )
+    holdout = _write(tmp_path, 'rooms,price\n2,"1,100,000"\n3,"850"\n', "hold.csv")
+    spec = JobSpec(data=_write(tmp_path, text), target="price", holdout_data=holdout)
+
+    with pytest.warns(DataWarning) as caught:
+        dataset = load_dataset(spec)
+    held = load_holdout(spec, dataset.schema)
+
+    assert [str(w.message) for w in caught] == [
+        "read the target 'price' as numbers written with thousands separators "
+        "(such as '1,234,567'); the commas were removed"
+    ]
+    assert dataset.schema.task == Task.REGRESSION
+    assert dataset.frame["price"].tolist()[:3] == [1250000.0, 980500.0, 2100000.5]
+    assert dataset.frame["price"].tolist()[8] == 999.0
+    assert held is not None
+    assert held.frame["price"].tolist() == [1100000.0, 850.0]
+
+
+def test_class_labels_with_thousands_separators_stay_as_written(
+    tmp_path: Path,
+) -> None:
+    # a few whole numbers are classes; their labels keep the user's spelling
+    labels = ["1,000", "2,000", "1,000", "5,000"] * 3
+    text = "x,tier\n" + "".join(f'{i % 4},"{v}"\n' for i, v in enumerate(labels))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="tier"))
+
+    assert dataset.schema.task == Task.MULTICLASS
+    assert dataset.schema.classes == ("1,000", "2,000", "5,000")
+    assert dataset.frame["tier"].tolist()[:2] == ["1,000", "2,000"]
+
+
 def test_to_safe_frame_reads_thousands_separators_in_holdout_rows() -> None:
     train = pd.DataFrame(
         {"x": [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0, 2.0], "y": list("abababab")}
