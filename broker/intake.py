@@ -80,6 +80,7 @@ _ISO_DATE = re.compile(
 # A number with comma thousands separators: "1,234,567" or "1,234.5" (groups of three
 # digits); a decimal comma such as "1,5" does not match.
 _GROUPED_NUMBER = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})*(?:\.\d+)?$")
+_PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _TRANSLITERATE = str.maketrans(
     {"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "OE",
      "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th", "Þ": "Th"}
@@ -454,17 +455,20 @@ def build_schema(
         )
 
     frame, dropped_rows = _drop_missing_target(frame, target)
-    grouped = _grouped_target(frame[target], task)
-    labels, resolved, classes = _resolve_task(grouped, target, task)
-    if grouped is not frame[target] and resolved == Task.REGRESSION:
-        warnings.warn(
-            f"read the target {target!r} as numbers written with thousands separators "
-            f"(such as '1,234,567'); the commas were removed",
-            DataWarning,
-            stacklevel=3,
-        )
-    elif grouped is not frame[target]:  # a few whole numbers: class labels as written
+    numbers = _grouped_target(frame[target], task)
+    if numbers is None:
         labels, resolved, classes = _resolve_task(frame[target], target, task)
+    else:
+        labels, resolved, classes = _resolve_task(numbers, target, task)
+        if resolved == Task.REGRESSION:
+            warnings.warn(
+                f"read the target {target!r} as numbers written with thousands "
+                f"separators (such as '1,234,567'); the commas were removed",
+                DataWarning,
+                stacklevel=3,
+            )
+        else:  # a few whole numbers are classes: keep the labels as written
+            labels, classes = _spelled_as_written(labels, classes, frame[target])
     frame[target] = labels
     features = [name for name in columns if name != target and name not in ignored]
     _read_grouped_numbers(frame, features)
@@ -535,17 +539,58 @@ def _read_grouped_numbers(frame: pd.DataFrame, names: Sequence[str]) -> None:
         )
 
 
-def _grouped_target(labels: pd.Series, task: Task) -> pd.Series:
-    """`labels` as numbers when every one is a number and some are written with
+def _grouped_target(labels: pd.Series, task: Task) -> pd.Series | None:
+    """`labels` as numbers when every one is a number written as text and some have
     thousands separators ("1,234"), for a regression target or one whose task is to be
-    inferred; else `labels` itself."""
+    inferred; else None."""
     if task not in (Task.REGRESSION, Task.AUTO):
-        return labels
+        return None
     if pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
-        return labels
-    if not _all_grouped_numbers(labels) or not any("," in v for v in labels):
-        return labels
-    return pd.to_numeric(labels.map(lambda v: v.strip().replace(",", ""))).astype(
+        return None
+    if not _all_numbers_as_text(labels) or not any("," in v for v in labels):
+        return None
+    return _text_as_numbers(labels)
+
+
+def _spelled_as_written(
+    labels: pd.Series, classes: list[Any], written: pd.Series
+) -> tuple[pd.Series, list[Any]]:
+    """Class labels read as numbers, given back in the table's own spelling."""
+    spelling: dict[Any, str] = {}
+    for number, text in zip(labels.tolist(), written.tolist(), strict=True):
+        spelling.setdefault(number, str(text).strip())
+    spelled = pd.Series(
+        [spelling[n] for n in labels.tolist()], index=labels.index, dtype=object
+    )
+    return spelled, [spelling[c] for c in classes]
+
+
+def _all_numbers_as_text(values: pd.Series) -> bool:
+    """Every value is text holding a number, plain ("1500") or grouped ("1,500")."""
+    return all(
+        isinstance(v, str)
+        and (
+            _GROUPED_NUMBER.match(v.strip()) is not None
+            or _PLAIN_NUMBER.match(v.strip()) is not None
+        )
+        for v in values
+    )
+
+
+def _as_number(value: Any) -> float | None:
+    """A label as a number (plain or with thousands separators), or None."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    if isinstance(value, int | float | np.number):
+        return float(value)
+    text = str(value).strip()
+    if _GROUPED_NUMBER.match(text) or _PLAIN_NUMBER.match(text):
+        return float(text.replace(",", ""))
+    return None
+
+
+def _text_as_numbers(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(values.map(lambda v: v.strip().replace(",", ""))).astype(
         np.float64
     )
 
@@ -787,13 +832,23 @@ def _check_task_fits(
 
 def _normalise_labels(labels: pd.Series, schema: Schema) -> pd.Series:
     if schema.task == Task.REGRESSION:
-        if not pd.api.types.is_numeric_dtype(labels) and _all_grouped_numbers(labels):
-            labels = pd.to_numeric(
-                labels.map(lambda v: v.strip().replace(",", ""))
-            ).astype(np.float64)
-        kind, values = _label_kind(labels)
-        _check_task_fits(Task.REGRESSION, kind, 2, schema.target, values)
-        return pd.Series(values, index=labels.index)
+        if pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(
+            labels
+        ):
+            return pd.Series(labels.to_numpy(dtype=np.float64), index=labels.index)
+        numbers = [_as_number(v) for v in labels.tolist()]
+        values = labels.tolist()
+        bad = list(
+            dict.fromkeys(v for v, n in zip(values, numbers, strict=True) if n is None)
+        )
+        if bad:
+            raise InputError(
+                f"holdout labels of {schema.target!r} must be numbers, as in the "
+                f"training data (a regression target), but {len(bad)} distinct value(s) "
+                f"are not, such as {', '.join(repr(_native(v)) for v in bad[:3])}; "
+                f"correct or remove those rows"
+            )
+        return pd.Series(numbers, index=labels.index, dtype=np.float64)
 
     by_value = {c: c for c in schema.classes}
     by_text = {str(c): c for c in schema.classes}

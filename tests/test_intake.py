@@ -758,11 +758,11 @@ def test_regression_target_with_thousands_separators_is_read_as_numbers(
     tmp_path: Path,
 ) -> None:
     rows = ["1,250,000", "980,500", "2,100,000.5", "875,000", "1,490,250", "640,000"]
-    rows += ["1,020,000", "755,500", "999", "1,875,000", "1,330,000", "702,250"]
+    rows += ["1,020,000", "755,500", "999", "1,875,000", "1500", "702,250"]
     text = "rooms,price\n" + "".join(
         f'{i % 5 + 1},"{price}"\n' for i, price in enumerate(rows)
     )
-    holdout = _write(tmp_path, 'rooms,price\n2,"1,100,000"\n3,"850"\n', "hold.csv")
+    holdout = _write(tmp_path, 'rooms,price\n2,"1,100,000"\n3,"1200"\n', "hold.csv")
     spec = JobSpec(data=_write(tmp_path, text), target="price", holdout_data=holdout)
 
     with pytest.warns(DataWarning) as caught:
@@ -775,9 +775,33 @@ def test_regression_target_with_thousands_separators_is_read_as_numbers(
     ]
     assert dataset.schema.task == Task.REGRESSION
     assert dataset.frame["price"].tolist()[:3] == [1250000.0, 980500.0, 2100000.5]
-    assert dataset.frame["price"].tolist()[8] == 999.0
+    assert dataset.frame["price"].tolist()[8:11] == [999.0, 1875000.0, 1500.0]
     assert held is not None
-    assert held.frame["price"].tolist() == [1100000.0, 850.0]
+    assert held.frame["price"].tolist() == [1100000.0, 1200.0]
+
+    bad = _write(tmp_path, 'rooms,price\n2,"1,100,000"\n3,"ask"\n4,"tbd"\n', "bad.csv")
+    with pytest.raises(InputError) as info:
+        load_holdout(
+            JobSpec(data=spec.data, target="price", holdout_data=bad), dataset.schema
+        )
+    assert str(info.value) == (
+        "holdout labels of 'price' must be numbers, as in the training data (a "
+        "regression target), but 2 distinct value(s) are not, such as 'ask', 'tbd'; "
+        "correct or remove those rows"
+    )
+
+
+def test_plain_numeric_regression_target_reads_without_warnings() -> None:
+    frame = pd.DataFrame(
+        {"x": [float(i % 7) for i in range(40)], "y": [i * 1.37 for i in range(40)]}
+    )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        dataset = load_dataset(JobSpec(data=frame, target="y"))
+
+    assert dataset.schema.task == Task.REGRESSION
+    assert dataset.frame["y"].tolist()[:3] == [0.0, 1.37, 2.74]
 
 
 def test_class_labels_with_thousands_separators_stay_as_written(
@@ -794,6 +818,14 @@ def test_class_labels_with_thousands_separators_stay_as_written(
     assert dataset.schema.task == Task.MULTICLASS
     assert dataset.schema.classes == ("1,000", "2,000", "5,000")
     assert dataset.frame["tier"].tolist()[:2] == ["1,000", "2,000"]
+
+    # ten rows of ten such numbers are ten classes, as the plain numbers would be,
+    # not an identifier
+    tiers = [f"{n},000" for n in range(1, 11)]
+    text = "x,tier\n" + "".join(f'{i % 3},"{v}"\n' for i, v in enumerate(tiers))
+    dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="tier"))
+    assert dataset.schema.task == Task.MULTICLASS
+    assert dataset.schema.classes == tuple(tiers)
 
 
 def test_to_safe_frame_reads_thousands_separators_in_holdout_rows() -> None:
