@@ -25,6 +25,12 @@ from broker.local.space import Categorical, SearchSpace
 from broker.testing.ray_fake import FakeRayCluster
 
 
+@pytest.fixture(autouse=True)
+def _no_ray_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The address checks here speak clear text, whatever the caller's Ray settings."""
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
+
+
 @pytest.fixture
 def install_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeRayCluster]]:
     made: list[FakeRayCluster] = []
@@ -190,7 +196,6 @@ def test_ray_address_of_a_service_that_is_not_ray_fails_at_once_naming_it(
 def test_ray_address_of_a_service_that_says_nothing_fails_after_the_probe_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("RAY_USE_TLS", raising=False)
     with _loopback_service(None) as address:
         started = time.monotonic()
         with pytest.raises(ConnectionError) as info:
@@ -206,6 +211,19 @@ def test_ray_address_of_a_service_that_says_nothing_fails_after_the_probe_timeou
         # a cluster behind TLS cannot be asked in clear text: only the port is checked
         monkeypatch.setenv("RAY_USE_TLS", "1")
         probe_address(address, timeout_s=0.5)
+
+
+def test_ray_address_of_a_tls_service_suggests_ray_use_tls() -> None:
+    alert = b"\x15\x03\x01\x00\x02\x02\x46"  # a TLS alert: protocol version
+    with _loopback_service(alert) as address:
+        with pytest.raises(ConnectionError) as info:
+            probe_address(address, timeout_s=1.0)
+
+        assert str(info.value) == (
+            f"the service at {address} answered with TLS; if it is a Ray cluster that "
+            "requires TLS, set RAY_USE_TLS=1 and Ray's certificate variables "
+            "(RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY, RAY_TLS_CA_CERT)"
+        )
 
 
 def test_ray_address_of_a_grpc_server_passes_the_probe() -> None:
@@ -380,9 +398,8 @@ def test_ray_trial_failure_is_the_error_raised_when_cleaning_up_fails_too(
     assert cluster.tasks_submitted == 2
     assert len(cluster.cancelled) == 1
     assert [r.getMessage() for r in caplog.records] == [
-        f"trial {other} is still running on the Ray cluster: cancelled, the search "
-        "stopped",
-        f"trial {other} could not be cancelled (ConnectionError: node lost)",
+        f"trial {other} is still running on the Ray cluster and could not be "
+        "cancelled (ConnectionError: node lost); the search stopped",
         "could not remove the search's board actor from the Ray cluster "
         "(ConnectionError: node lost); Ray removes it when this process disconnects",
     ]

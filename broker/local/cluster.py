@@ -14,9 +14,10 @@ other trial. A task that has not returned `RETURN_ALLOWANCE_S` after that is can
 and the log says its result was lost (unless the search has no model yet: a first trial
 finishes its first epoch, as it does here). A lost task is not retried.
 
-Before connecting, the search opens a TCP connection to the address: where nothing
-listens, Ray's own connection would retry for many minutes, and the job is better off
-falling back to this machine at once.
+Before connecting, the search checks that the address answers the opening of a gRPC
+session, as Ray's servers do: where nothing listens, or another service answers, Ray's
+own connection would retry for many minutes, and the job is better off falling back to
+this machine at once.
 
 The cluster runs this package's code: the search ships the `broker` package to it as a
 runtime-environment module, and the nodes need the project's dependencies (torch, numpy,
@@ -170,15 +171,22 @@ def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
                     break
                 header += chunk
         except TimeoutError:
-            raise ConnectionError(
-                f"the service at {host}:{port} accepted the connection but did not "
-                f"answer within {timeout_s:g} s as a Ray cluster does"
-            ) from None
+            if not header:
+                raise ConnectionError(
+                    f"the service at {host}:{port} accepted the connection but did "
+                    f"not answer within {timeout_s:g} s as a Ray cluster does"
+                ) from None
         except OSError as exc:
             raise ConnectionError(
                 f"the service at {host}:{port} dropped the connection ({exc}) instead "
                 "of answering as a Ray cluster does"
             ) from None
+    if header[:1] in (b"\x15", b"\x16"):  # a TLS alert or handshake record
+        raise ConnectionError(
+            f"the service at {host}:{port} answered with TLS; if it is a Ray cluster "
+            "that requires TLS, set RAY_USE_TLS=1 and Ray's certificate variables "
+            "(RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY, RAY_TLS_CA_CERT)"
+        )
     # an HTTP/2 frame header: 3 bytes of length, then the type (4: SETTINGS)
     if len(header) < 9 or header[3] != 4:
         raise ConnectionError(
@@ -299,17 +307,22 @@ def _cancel(ray: Any, running: dict[Any, int], why: str) -> None:
     """Cancel each trial still running; one that cannot be cancelled is logged, and
     stops at its next epoch once the board is gone, or at the search's deadline."""
     for ref, number in running.items():
-        logger.warning(
-            "trial %d is still running on the Ray cluster: cancelled, %s", number, why
-        )
         try:
             ray.cancel(ref, force=True)
         except Exception as exc:  # cleanup: the search's own outcome wins
             logger.warning(
-                "trial %d could not be cancelled (%s: %s)",
+                "trial %d is still running on the Ray cluster and could not be "
+                "cancelled (%s: %s); %s",
                 number,
                 type(exc).__name__,
                 exc,
+                why,
+            )
+        else:
+            logger.warning(
+                "trial %d was still running on the Ray cluster: cancelled, %s",
+                number,
+                why,
             )
     running.clear()
 
