@@ -134,6 +134,7 @@ def test_ray_address_where_nothing_listens_fails_at_once_without_asking_ray(
 def test_ray_address_forms_without_a_port_are_left_to_ray() -> None:
     probe_address("auto")  # returns without connecting anywhere
     probe_address("ray://")
+    probe_address("::1")  # an IPv6 address, not host ":" and port 1
 
     with pytest.raises(OSError):
         probe_address("127.0.0.1:0", timeout_s=1.0)

@@ -156,6 +156,8 @@ def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isdigit():
         return
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        return  # an IPv6 address without a port ("::1"): Ray's to read
     where = (host.strip("[]"), int(port))
     deadline = time.monotonic() + timeout_s
     with socket.create_connection(where, timeout=timeout_s) as connection:
