@@ -173,7 +173,8 @@ _TEXT_RULES: list[tuple[re.Pattern[str], str]] = [
     # else to the last such '@' before the next whitespace.
     (
         re.compile(
-            r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:)(?:[^\s/?#]*|\S*)@"
+            r"(?<![a-zA-Z0-9+.\-])([a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:)"
+            r"(?:[^\s/?#]*|\S*)@"
             r"(?=[A-Za-z0-9\[])"
         ),
         rf"\1{MASK}@",
@@ -197,11 +198,14 @@ _TEXT_RULES: list[tuple[re.Pattern[str], str]] = [
         ),
         rf"\1={MASK}",
     ),
-    # key: value or key=value pairs in free text, such as an SDK's error message.
+    # key: value or key=value pairs in free text, such as an SDK's error message, an
+    # environment line (AZURE_CLIENT_SECRET=...) or JSON ("client_secret": "..."); the
+    # key may carry a prefix (HF_TOKEN, GOOGLE_API_KEY, sas_token).
     (
         re.compile(
-            r"(?i)\b((?:aws_)?(?:secret_access_key|session_token|secret|password"
-            r"|api[_-]?key|access[_-]?token|client[_-]?secret))(\s*[=:]\s*['\"]?)"
+            r"(?i)(?<![A-Za-z0-9_-])((?:[A-Za-z0-9_-]*[_-])?(?:secret_access_key"
+            r"|session_token|secret|password|passwd|api[_-]?key|access[_-]?token"
+            r"|client[_-]?secret|token|private[_-]?key))(['\"]?\s*[=:]\s*['\"]?)"
             r"(?!\[REDACTED\])([^\s'\";,&]+)"
         ),
         rf"\1\2{MASK}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,41 @@ def test_redact_text_masks_the_whole_password_of_a_url(
     from broker.redact import redact_text
 
     assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("AZURE_CLIENT_SECRET=S5", "AZURE_CLIENT_SECRET=[REDACTED]"),
+        ("GOOGLE_API_KEY=abc123", "GOOGLE_API_KEY=[REDACTED]"),
+        ("export HF_TOKEN=hf_x", "export HF_TOKEN=[REDACTED]"),
+        ("sas_token=sv2020", "sas_token=[REDACTED]"),
+        ('{"client_secret": "S16"}', '{"client_secret": "[REDACTED]"}'),
+        ("nightly token=SUPERSECRET_NAME", "nightly token=[REDACTED]"),
+        ("a-b-private-key: q1", "a-b-private-key: [REDACTED]"),
+        # settings that only mention a secret's kind keep their values
+        ("max_tokens=100", "max_tokens=100"),
+        ("token_ttl_s=5", "token_ttl_s=5"),
+        ("tokenizer=bert", "tokenizer=bert"),
+        ("key_column: id", "key_column: id"),
+    ],
+)
+def test_redact_text_masks_prefixed_and_quoted_secret_fields(
+    text: str, expected: str
+) -> None:
+    from broker.redact import redact_text
+
+    assert redact_text(text) == expected
+
+
+def test_redact_text_reads_long_unbroken_text_in_one_pass() -> None:
+    from broker.redact import redact_text
+
+    # each rule starts only where a word starts: a 40,000-character word is read
+    # once, not once per character (which took half a minute)
+    long_word = "a_" * 20_000 + "x"
+    started = time.monotonic()
+
+    assert redact_text(long_word) == long_word
+    assert redact_text("token" * 20_000) == "token" * 20_000
+    assert time.monotonic() - started < 5.0
