@@ -116,7 +116,7 @@ def test_vertex_job_runs_through_states_to_a_scored_model(
     )
     assert set(entry.validation_metrics) == {"roc_auc", "log_loss"}
     assert (entry.validation_metrics["roc_auc"] or 0.0) > 0.85
-    assert entry.params["train_budget_milli_node_hours"] == 4705
+    assert entry.params["train_budget_milli_node_hours"] == 1000
     assert (binary.job.run_dir / "model" / "model.json").is_file()
 
     proba = provider.predict(ref, binary.job, binary.test_features)
@@ -144,8 +144,8 @@ def test_vertex_submit_sends_explicit_columns_objective_and_budget(
         {"numeric": {"columnName": "x3"}},
         {"categorical": {"columnName": "colour"}},
     ]
-    # $100 / $21.252 per node hour = 4.7054 node hours, rounded down
-    assert inputs["trainBudgetMilliNodeHours"] == 4705
+    # $100 buys 4.7054 node hours, but the job's hour is priced as one node hour
+    assert inputs["trainBudgetMilliNodeHours"] == 1000
     assert inputs["optimizationObjective"] == "maximize-au-roc"
     assert body["labels"]["broker_idempotency_key"] == "key-0001"
     assert body["trainingTaskDefinition"].endswith("automl_tabular_1.0.0.yaml")
@@ -178,20 +178,24 @@ def test_vertex_regression_predicts_values(
 @pytest.mark.parametrize(
     ("max_usd", "runtime_s", "expected"),
     [
-        (Decimal("100"), 3600, 4705),
+        (Decimal("50"), 10800, 2352),  # the dollars buy less than the runtime
+        (Decimal("100"), 7200, 2000),  # the runtime on one node, as the plan prices it
         (Decimal("21.252"), 3600, 1000),
-        (Decimal("2000"), 3600, 72000),  # Vertex's ceiling
+        (Decimal("2000"), 300_000, 72000),  # Vertex's ceiling
         (None, 7200, 2000),  # no dollar cap: runtime on one node
     ],
 )
-def test_vertex_budget_milli_node_hours_follows_dollars(
+def test_vertex_budget_milli_node_hours_follows_runtime_and_dollars(
     max_usd: Decimal | None, runtime_s: float, expected: int
 ) -> None:
     assert budget_milli_node_hours(max_usd, runtime_s, Decimal("21.252")) == expected
 
 
 def test_vertex_budget_below_one_node_hour_is_raised_with_a_warning() -> None:
-    with pytest.warns(BudgetWarning, match=r"buys 470 milli node hours, so 1000"):
+    with pytest.warns(
+        BudgetWarning,
+        match=r"budget of \$10 and 3600 s buys 470 milli node hours, so 1000",
+    ):
         assert budget_milli_node_hours(Decimal("10"), 3600, Decimal("21.252")) == 1000
 
 

@@ -153,32 +153,42 @@ def optimization_objective(task: Task, metric: str) -> str:
 def budget_milli_node_hours(
     max_usd: Decimal | None, runtime_limit_s: float, node_hour_usd: Decimal
 ) -> int:
-    """The training budget in milli node hours: what `max_usd` buys, within Vertex's range.
+    """The training budget in milli node hours, within Vertex's range.
 
-    Without a dollar cap the runtime limit is read as node time on one node. Vertex refuses
-    less than 1000 (one node hour); a smaller budget is raised to 1000 with a
-    :class:`broker.errors.BudgetWarning`, because the service bills at least that much.
+    The runtime limit is read as node time on one node, as the planner prices a Vertex
+    job, so the bill stays within the plan's quote; a dollar cap that buys less lowers
+    it. Vertex refuses less than 1000 (one node hour); a smaller budget is raised to
+    1000 with a :class:`broker.errors.BudgetWarning`, because the service bills at
+    least that much.
 
     Example:
+        >>> budget_milli_node_hours(Decimal("50"), 10800, Decimal("21.252"))
+        2352
         >>> budget_milli_node_hours(Decimal("100"), 3600, Decimal("21.252"))
-        4705
+        1000
     """
+    milli = math.ceil(runtime_limit_s / 3.6)
     if max_usd is not None:
-        milli = int(
+        by_dollars = int(
             (max_usd / node_hour_usd * 1000).to_integral_value(rounding="ROUND_FLOOR")
         )
-    else:
-        milli = math.ceil(runtime_limit_s / 3.6)
+        milli = min(milli, by_dollars)
     if milli < MIN_BUDGET_MILLI_NODE_HOURS:
         warnings.warn(
             f"Vertex AI trains for at least 1 node hour (${node_hour_usd}); the budget of "
-            f"{'$' + str(max_usd) if max_usd is not None else f'{runtime_limit_s:g} s'} "
-            f"buys {milli} milli node hours, so 1000 are requested",
+            f"{_budget_words(max_usd, runtime_limit_s)} buys {milli} milli node hours, "
+            "so 1000 are requested",
             BudgetWarning,
             stacklevel=3,
         )
         return MIN_BUDGET_MILLI_NODE_HOURS
     return min(milli, MAX_BUDGET_MILLI_NODE_HOURS)
+
+
+def _budget_words(max_usd: Decimal | None, runtime_limit_s: float) -> str:
+    if max_usd is None:
+        return f"{runtime_limit_s:g} s"
+    return f"${max_usd} and {runtime_limit_s:g} s"
 
 
 def idempotency_label(key: str) -> str:
