@@ -79,7 +79,13 @@ _ISO_DATE = re.compile(
 )
 # A number with comma thousands separators: "1,234,567" or "1,234.5" (groups of three
 # digits); a decimal comma such as "1,5" does not match.
-_GROUPED_NUMBER = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})*(?:\.\d+)?$")
+# "1,234,567" or "1,234.5"; a group never starts with "0," (that is a decimal comma)
+_GROUPED_NUMBER = re.compile(r"^[+-]?(?:0|[1-9]\d{0,2}(?:,\d{3})*)(?:\.\d+)?$")
+# a value only thousands separators explain: two groups, or a group and a decimal point
+_SURELY_GROUPED = re.compile(r"^[+-]?[1-9]\d{0,2}(?:,\d{3}){2,}(?:\.\d+)?$|,\d{3}\.\d")
+# where the file's fields are separated by something else, a comma may be a decimal mark
+DELIMITER_ATTR = "broker_delimiter"
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
 _PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _TRANSLITERATE = str.maketrans(
     {"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "OE",
@@ -220,6 +226,7 @@ def read_table(
         ) from None
     if frame.empty:
         raise DataReadError(f"{str(path)!r} has a header but no data rows")
+    frame.attrs[DELIMITER_ATTR] = sep
     logger.debug(
         "read %s: %d rows, %d columns, separator %r",
         path,
@@ -454,8 +461,9 @@ def build_schema(
             f"the target {target!r} is also in the ignore list; remove it from ignore"
         )
 
+    comma_separated = frame.attrs.get(DELIMITER_ATTR, ",") == ","
     frame, dropped_rows = _drop_missing_target(frame, target)
-    numbers = _grouped_target(frame[target], task)
+    numbers = _grouped_target(frame[target], task, comma_separated)
     if numbers is None:
         labels, resolved, classes = _resolve_task(frame[target], target, task)
     else:
@@ -471,7 +479,7 @@ def build_schema(
             labels, classes = _spelled_as_written(labels, classes, frame[target])
     frame[target] = labels
     features = [name for name in columns if name != target and name not in ignored]
-    _read_grouped_numbers(frame, features)
+    _read_grouped_numbers(frame, features, comma_separated)
     _infinite_as_missing(frame, features)
 
     safe = dict(zip(columns, make_safe_names(columns), strict=True))
@@ -505,10 +513,16 @@ def build_schema(
     return frame, schema
 
 
-def _read_grouped_numbers(frame: pd.DataFrame, names: Sequence[str]) -> None:
+def _read_grouped_numbers(
+    frame: pd.DataFrame, names: Sequence[str], comma_separated: bool = True
+) -> None:
     """Turn text columns of numbers written with thousands separators ("1,234,567",
-    "1,234.5") into numbers, in place, with one DataWarning naming them."""
+    "1,234.5") into numbers, in place, with one DataWarning naming them.
+
+    Numbers that may be written with a decimal comma ("0,5", or "2,388" in a file
+    whose fields a semicolon separates) stay text, with a DataWarning naming them."""
     converted: list[str] = []
+    decimal_commas: list[str] = []
     for name in names:
         values = frame[name]
         if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
@@ -516,12 +530,20 @@ def _read_grouped_numbers(frame: pd.DataFrame, names: Sequence[str]) -> None:
         present = values.dropna()
         if len(present) == 0:
             continue
+        if not all(isinstance(v, str) for v in present.iloc[:_TYPE_SAMPLE]):
+            continue
+        if _all_decimal_commas(present):
+            decimal_commas.append(name)
+            continue
         if not _all_grouped_numbers(present.iloc[:_TYPE_SAMPLE]):
             continue
         if not _all_grouped_numbers(present):
             continue
         if not any("," in v for v in present):
             continue  # plain numbers as text: typing reads those already
+        if not comma_separated and not _proves_grouping(present):
+            decimal_commas.append(name)  # "2,388" may be 2.388 there
+            continue
         frame[name] = pd.to_numeric(
             values.map(
                 lambda v: v.strip().replace(",", "") if isinstance(v, str) else v
@@ -529,6 +551,15 @@ def _read_grouped_numbers(frame: pd.DataFrame, names: Sequence[str]) -> None:
         ).astype(np.float64)
         converted.append(name)
 
+    if decimal_commas:
+        warnings.warn(
+            f"column(s) {', '.join(repr(n) for n in decimal_commas)} hold numbers "
+            f"that may be written with a decimal comma (such as '0,5'); they are read "
+            f"as text, not numbers. Write numbers with '.' as the decimal mark to have "
+            f"them read as numbers",
+            DataWarning,
+            stacklevel=4,
+        )
     if converted:
         warnings.warn(
             f"read column(s) {', '.join(repr(n) for n in converted)} as numbers "
@@ -539,7 +570,9 @@ def _read_grouped_numbers(frame: pd.DataFrame, names: Sequence[str]) -> None:
         )
 
 
-def _grouped_target(labels: pd.Series, task: Task) -> pd.Series | None:
+def _grouped_target(
+    labels: pd.Series, task: Task, comma_separated: bool = True
+) -> pd.Series | None:
     """`labels` as numbers when every one is a number written as text and some have
     thousands separators ("1,234"), for a regression target or one whose task is to be
     inferred; else None."""
@@ -549,7 +582,15 @@ def _grouped_target(labels: pd.Series, task: Task) -> pd.Series | None:
         return None
     if not _all_numbers_as_text(labels) or not any("," in v for v in labels):
         return None
+    if not comma_separated and not _proves_grouping(labels):
+        return None
     return _text_as_numbers(labels)
+
+
+def _proves_grouping(values: pd.Series) -> bool:
+    """Some value can only be read with thousands separators ("1,234,567" or
+    "2,345.5"), not with a decimal comma."""
+    return any(_SURELY_GROUPED.search(v.strip()) is not None for v in values)
 
 
 def _spelled_as_written(
@@ -593,6 +634,17 @@ def _text_as_numbers(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values.map(lambda v: v.strip().replace(",", ""))).astype(
         np.float64
     )
+
+
+def _all_decimal_commas(values: pd.Series) -> bool:
+    """Every value is a number, with at most one comma, and some comma only a decimal
+    mark explains ("0,5", "2,32"; "2,388" could be either)."""
+    texts = [v.strip() for v in values if isinstance(v, str)]
+    if len(texts) != len(values):
+        return False
+    if not all(_DECIMAL_COMMA.match(t) or _PLAIN_NUMBER.match(t) for t in texts):
+        return False
+    return any("," in t and _GROUPED_NUMBER.match(t) is None for t in texts)
 
 
 def _all_grouped_numbers(values: pd.Series) -> bool:

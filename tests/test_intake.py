@@ -828,6 +828,49 @@ def test_class_labels_with_thousands_separators_stay_as_written(
     assert dataset.schema.classes == tuple(tiers)
 
 
+def test_decimal_commas_are_never_read_as_thousands_separators(tmp_path: Path) -> None:
+    # a semicolon file: "0,582" and "2,32" have decimal commas; "1,250" may be 1.25
+    # or 1250; only "1,234,567" proves thousands separators
+    text = (
+        "gewicht;preis;menge;y\n"
+        "0,582;1,250;1,234,567;0\n"
+        "2,388;980;2,000;1\n"
+        "0,582;1,250;3,500;0\n"
+        "1;980;999;1\n"
+        "2,32;1,250;1,500;0\n"
+        "2,388;980;12,345,678;1\n"
+    )
+
+    with pytest.warns(DataWarning) as caught:
+        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
+
+    assert [str(w.message) for w in caught] == [
+        "column(s) 'gewicht', 'preis' hold numbers that may be written with a "
+        "decimal comma (such as '0,5'); they are read as text, not numbers. Write "
+        "numbers with '.' as the decimal mark to have them read as numbers",
+        "read column(s) 'menge' as numbers written with thousands separators (such "
+        "as '1,234,567'); the commas were removed",
+    ]
+    kinds = {c.name: c.kind for c in dataset.schema.columns}
+    assert kinds["gewicht"] == ColumnKind.CATEGORICAL
+    assert kinds["preis"] == ColumnKind.CATEGORICAL
+    assert kinds["menge"] == ColumnKind.NUMERIC
+    assert dataset.frame["menge"].tolist()[:3] == [1234567.0, 2000.0, 3500.0]
+
+    # in a comma-separated file quoted "1,250" is a thousands separator, but "0,125"
+    # is still no 125
+    text = 'a,b,y\n"0,125","1,250",0\n"0,5",980,1\n"1,75","2,000",0\n'
+    text += '"2","1,000",1\n"0,25","3,125",0\n"1,5","1,500",1\n'
+    with pytest.warns(DataWarning) as caught:
+        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
+    assert [str(w.message)[:40] for w in caught] == [
+        "column(s) 'a' hold numbers that may be w",
+        "read column(s) 'b' as numbers written wi",
+    ]
+    assert dataset.frame["a"].tolist()[:2] == ["0,125", "0,5"]
+    assert dataset.frame["b"].tolist()[:2] == [1250.0, 980.0]
+
+
 def test_to_safe_frame_reads_thousands_separators_in_holdout_rows() -> None:
     train = pd.DataFrame(
         {"x": [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0, 2.0], "y": list("abababab")}
