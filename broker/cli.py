@@ -243,9 +243,9 @@ def print_plan(plan: Plan) -> None:
             else ("" if status == "feasible" else "dim")
         )
         table.add_row(
-            str(row.get("provider")),
-            str(row.get("machine") or "-"),
-            str(row.get("region") or "-"),
+            escape(str(row.get("provider"))),
+            escape(str(row.get("machine") or "-")),
+            escape(str(row.get("region") or "-")),
             _training_cell(row),
             _usd(row.get("serving_usd_per_month")),
             str(status),
@@ -280,8 +280,8 @@ def print_result(result: JobResult) -> None:
         test = entry.metrics.get(result.metric)
         board.add_row(
             str(rank),
-            entry.model_id,
-            entry.algorithm,
+            escape(entry.model_id),
+            escape(entry.algorithm),
             "-" if val is None else f"{val:.4f}",
             "-" if test is None else f"{test:.4f}",
             "-" if entry.training_time_s is None else f"{entry.training_time_s:.1f}",
@@ -305,7 +305,7 @@ def print_result(result: JobResult) -> None:
         )
     console.print(metrics)
     for note in result.holdout_notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
 
     cost = result.cost
     costs = Table(title="Cost", title_justify="left")
@@ -321,8 +321,8 @@ def print_result(result: JobResult) -> None:
     console.print(costs)
     for f in result.failovers:
         console.print(
-            f"[yellow]failover:[/] {f.provider} ({f.machine or '-'}, {f.region or '-'}): "
-            f"{f.reason} ({f.error_type})"
+            f"[yellow]failover:[/] {escape(f.provider)} ({escape(f.machine or '-')}, "
+            f"{escape(f.region or '-')}): {escape(f.reason)} ({escape(f.error_type)})"
         )
     message, _ = outcome_line(result)
     console.print(message)
@@ -335,9 +335,9 @@ EXIT_UNFINISHED = 3
 
 def outcome_line(result: JobResult) -> tuple[str, int]:
     """The run's last line and the command's exit code, by the job's final state."""
-    where = f"[bold]{result.provider}[/]"
+    where = f"[bold]{escape(result.provider)}[/]"
     runtime = f"{result.runtime_s:.0f} s" if result.runtime_s is not None else "?"
-    folder = f"Run folder: {result.run_dir}"
+    folder = f"Run folder: {escape(str(result.run_dir))}"
     if result.state == "succeeded":
         return f"Ran on {where} in {runtime}. {folder}", 0
     if result.state == "cancelled":
@@ -516,7 +516,9 @@ def run(
             progress.update(bar["id"], completed=min(done, 1.0), detail=detail[:70])
         elif kind == "failover" and "id" in bar:
             record = payload["record"]
-            progress.update(bar["id"], detail=f"[red]failed over: {record.reason}")
+            progress.update(
+                bar["id"], detail=f"[red]failed over: {escape(record.reason)}"
+            )
             progress.stop_task(bar["id"])
         elif kind == "result" and "id" in bar:
             progress.update(bar["id"], completed=1.0, detail="done")

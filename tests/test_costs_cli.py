@@ -267,3 +267,30 @@ def test_costs_table_shows_micro_dollars_half_up() -> None:
     assert _usd(Decimal("10.753278")) == "$10.753278"
     assert _usd(Decimal("2")) == "$2.00"
     assert _usd(None) == "-"
+
+
+def test_costs_cli_shows_a_project_named_in_square_brackets_as_written(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    store = JobStore(tmp_path / "jobs.db", clock=FakeClock())
+    job = store.create_job(
+        spec={}, idempotency_key="brackets", run_dir=None, project="[/]ops[b]"
+    )
+    attempt = store.start_attempt(
+        job.job_id,
+        provider="sagemaker",
+        machine="ml.m5.large",
+        region="us-east-1",
+        quote={},
+        idempotency_key="brackets-1",
+    )
+    store.finish_attempt(attempt.attempt_id, state="succeeded", cost_usd=Decimal("1"))
+    store.close()
+    month = FakeClock().now().strftime("%Y-%m")
+
+    result = runner.invoke(
+        app, ["costs", "--month", month, "--store", str(tmp_path / "jobs.db")]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "[/]ops[b]" in result.output

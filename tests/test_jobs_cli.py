@@ -255,3 +255,27 @@ def test_jobs_cli_corrupt_store_is_one_error_line(home, command):
     assert "StoreError:" in out.output
     assert "not a usable job store" in out.output
     assert "Traceback" not in out.output
+
+
+def test_jobs_cli_shows_square_brackets_in_user_text_as_written(home):
+    # job names, ids and errors are the user's text, not console markup
+    spec = job_spec(job_entry(home))
+    with JobStore(home / "jobs.db") as store:
+        job_id = store.create_job(
+            spec=spec.to_dict(),
+            idempotency_key="brackets",
+            run_dir=home / "brackets",
+            name="[bold red]nightly[/] [/x]",
+        ).job_id
+    app = make_app()
+
+    listed = runner.invoke(app, ["list"])
+    shown = runner.invoke(app, ["status", job_id])
+    missing = runner.invoke(app, ["status", "[/x]"])
+
+    assert listed.exit_code == 0, listed.output
+    assert "[bold red]nightly[/] [/x]" in listed.output
+    assert shown.exit_code == 0, shown.output
+    assert ["name", "[bold red]nightly[/] [/x]"] in rows(shown.output)
+    assert missing.exit_code == 2
+    assert "JobNotFoundError: no job '[/x]'" in missing.output

@@ -357,8 +357,11 @@ def _guarded(call: Callable[[], Any]) -> Any:
     try:
         return call()
     except BrokerError as exc:
+        from rich.text import Text
+
         _console(stderr=True).print(
-            f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False
+            Text.assemble(("error:", "bold red"), f" {type(exc).__name__}: {exc}"),
+            highlight=False,
         )
         raise typer.Exit(code=2) from None
 
@@ -367,7 +370,8 @@ def _console(*, stderr: bool = False) -> Console:
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 120)
+    # job names, ids, errors and paths are the user's: no markup is read in them
+    return Console(stderr=stderr, markup=False, width=None if stream.isatty() else 120)
 
 
 def _state_text(record: JobRecord) -> str:

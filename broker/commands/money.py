@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
 
 GOOGLE_KEY_ENV = "AUTOML_BROKER_GOOGLE_API_KEY"  # same as cost_models.refresh
 
-console = Console(width=None if sys.stdout.isatty() else 120)
+# tables and lines of user data (project names, paths): no markup is read in them
+console = Console(markup=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
@@ -38,7 +40,7 @@ def register(app: typer.Typer) -> None:
 
 def _fail(exc: Exception) -> None:
     err_console.print(
-        f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False
+        f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False
     )
     raise typer.Exit(code=2)
 
@@ -137,7 +139,9 @@ def print_refresh(result: RefreshReport) -> None:
         highlight=False,
     )
     for name, error in sorted(result.errors.items()):
-        err_console.print(f"[yellow]warning:[/] {name}: {error}", highlight=False)
+        err_console.print(
+            f"[yellow]warning:[/] {escape(name)}: {escape(str(error))}", highlight=False
+        )
 
 
 # --- costs -----------------------------------------------------------------------------
