@@ -335,7 +335,7 @@ EXIT_UNFINISHED = 3
 
 def outcome_line(result: JobResult) -> tuple[str, int]:
     """The run's last line and the command's exit code, by the job's final state."""
-    where = f"[bold]{escape(result.provider)}[/]"
+    where = f"[bold]{escape(result.provider or '-')}[/]"
     runtime = f"{result.runtime_s:.0f} s" if result.runtime_s is not None else "?"
     folder = f"Run folder: {escape(str(result.run_dir))}"
     if result.state == "succeeded":
