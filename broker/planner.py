@@ -673,16 +673,20 @@ def _judge(
     available = context.availability_of(row.provider)
     if not available.available:
         return _rejection(row, "unavailable", available.reason, estimate)
-    if (
-        row.provider == "h2o"
-        and not row.is_local
-        and available.credential_source != H2O_URL_ENV
-    ):
+    cluster = available.credential_source == H2O_URL_ENV
+    if row.provider == "h2o" and not row.is_local and not cluster:
         return _rejection(
             row,
             "unavailable",
             "H2O on a cloud VM needs a running cluster: start one on the VM and set "
-            f"{H2O_URL_ENV}",
+            f"{H2O_URL_ENV} or providers.h2o.url",
+            estimate,
+        )
+    if row.provider == "h2o" and row.is_local and cluster:
+        return _rejection(
+            row,
+            "unavailable",
+            f"jobs go to the H2O cluster ({available.reason}), not to this machine",
             estimate,
         )
     if context.max_usd is not None and estimate.training_usd_high > context.max_usd:

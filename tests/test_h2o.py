@@ -31,7 +31,7 @@ from broker.errors import (
     ProviderUnavailableError,
 )
 from broker.models import load_saved_model
-from broker.providers.base import ProviderJob
+from broker.providers.base import Availability, ProviderJob
 from broker.providers.h2o import (
     EmbeddedCluster,
     H2OBinaryModel,
@@ -441,6 +441,24 @@ def test_load_model_refuses_a_mojo_file_outside_the_folder(tmp_path: Path) -> No
 
     with pytest.raises(ConfigurationError, match=r"'\.\./elsewhere\.jar'"):
         load_model(tmp_path)
+
+
+def test_cluster_url_from_the_environment_is_where_jobs_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AUTOML_BROKER_H2O_URL", "http://analyst:pw@127.0.0.1:54321")
+
+    provider = H2OProvider()
+    configured = H2OProvider(url="http://127.0.0.1:54399")
+
+    assert provider.url == "http://analyst:pw@127.0.0.1:54321"
+    # the planner prices a job for a cluster by this source, not as this machine
+    assert provider.availability() == Availability(
+        True,
+        "H2O cluster at http://***@127.0.0.1:54321",
+        "AUTOML_BROKER_H2O_URL",
+    )
+    assert configured.url == "http://127.0.0.1:54399"  # the config's URL comes first
 
 
 def test_java_missing_makes_provider_unavailable(

@@ -564,6 +564,42 @@ def test_plan_h2o_cloud_vm_needs_a_cluster_url() -> None:
     assert plan.chosen is not None and plan.chosen.machine == "ec2:m5.2xlarge"
 
 
+def test_plan_h2o_with_a_cluster_url_is_not_priced_as_this_machine() -> None:
+    catalog = Catalog.from_rows(
+        [
+            row("h2o", "ec2:m5.2xlarge", "us-east-1", "0.384"),
+            row("h2o", "this-machine", "local", None, memory_gib=16),
+        ]
+    )
+    embedded = Availability(True, "H2O: embedded cluster", "java")
+    remote = Availability(
+        True, "H2O cluster at http://127.0.0.1:54321", "AUTOML_BROKER_H2O_URL"
+    )
+
+    here = make_plan(
+        spec(),
+        schema(),
+        catalog=catalog,
+        availability={"h2o": embedded},
+        unsupported={},
+    )
+    there = make_plan(
+        spec(), schema(), catalog=catalog, availability={"h2o": remote}, unsupported={}
+    )
+
+    assert [(c.machine, c.region) for c in here.candidates] == [
+        ("this-machine", "local")
+    ]
+    assert [(c.machine, c.region) for c in there.candidates] == [
+        ("ec2:m5.2xlarge", "us-east-1")
+    ]
+    [refused] = [r for r in there.rejections if r.machine == "this-machine"]
+    assert refused.detail == (
+        "jobs go to the H2O cluster (H2O cluster at http://127.0.0.1:54321), not to "
+        "this machine"
+    )
+
+
 def test_plan_placement_quotes_only_where_the_provider_is_set_up():
     from broker.providers.base import Placement
 

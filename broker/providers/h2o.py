@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from broker.clock import SYSTEM_CLOCK, Clock
+from broker.credentials import H2O_URL_ENV
 from broker.errors import (
     ConfigurationError,
     InvalidRequestError,
@@ -768,7 +769,8 @@ class H2OProvider(Provider):
         'local'
 
     Args:
-        url: A running H2O cluster to use; None starts an embedded node.
+        url: A running H2O cluster to use; None reads AUTOML_BROKER_H2O_URL, and
+            without it starts an embedded node.
         max_mem_gib: Heap of the embedded node; default the job's
             ``constraints.min_memory_gib``, else 2 GiB.
         nthreads: Worker threads of the embedded node; default all cores.
@@ -803,6 +805,8 @@ class H2OProvider(Provider):
         local_rate_usd_per_hour: Decimal = Decimal("0"),
         startup_timeout_s: float = 90.0,
     ) -> None:
+        if url is None:  # the environment may name the cluster instead of the config
+            url = os.environ.get(H2O_URL_ENV) or None
         if url is not None and not re.match(r"^https?://", url):
             raise ConfigurationError(
                 f"H2O url must start with http:// or https://, got {_redact(url)!r}"
@@ -858,7 +862,10 @@ class H2OProvider(Provider):
                 "the h2o package is not installed; pip install 'automl-broker[h2o]'",
             )
         if self.url is not None:
-            return Availability(True, f"H2O cluster at {_redact(self.url)}")
+            # the same source as a URL found in the environment: jobs go to that cluster
+            return Availability(
+                True, f"H2O cluster at {_redact(self.url)}", H2O_URL_ENV
+            )
         java = find_java()
         if java is None:
             return Availability(False, _java_missing_message())
