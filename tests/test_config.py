@@ -104,6 +104,35 @@ def test_load_config_job_option_in_provider_settings_points_to_the_spec(tmp_path
     assert message.endswith("go in the job spec under provider_options.h2o")
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            "{h2o: {max_mem_gib: lots}}",
+            "provider 'h2o' setting 'max_mem_gib' must be a number, got 'lots'",
+        ),
+        (
+            "{azure: {max_nodes: '4'}}",
+            "provider 'azure' setting 'max_nodes' must be a whole number, got '4'; "
+            "write it without quotes",
+        ),
+        (
+            "{h2o: {url: 54321}}",
+            "provider 'h2o' setting 'url' must be text, got 54321",
+        ),
+    ],
+)
+def test_load_config_provider_setting_of_the_wrong_type_is_named(
+    tmp_path, settings: str, message: str
+):
+    path = write(tmp_path, f"providers: {settings}\n")
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(path)
+
+    assert str(caught.value) == message
+
+
 def test_load_config_unknown_provider_name_is_refused(tmp_path):
     path = write(tmp_path, "providers: {vertx: {project: p}}\n")
 

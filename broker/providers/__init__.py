@@ -94,6 +94,7 @@ def check_provider_settings(name: str, settings: Mapping[str, Any]) -> None:
 
     unknown = [str(key) for key in settings if key not in accepted]
     if not unknown:
+        _check_setting_types(name, settings)
         return
 
     problems = []
@@ -126,6 +127,54 @@ def create_provider(name: str, **settings: Any) -> Provider:
     """
     check_provider_settings(name, settings)
     return provider_class(name)(**settings)
+
+
+# Plain annotation words, and what a setting's value may be for each.
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "None": (type(None),),
+}
+_TYPE_WORDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "str": "text",
+    "bool": "true or false",
+}
+
+
+def _check_setting_types(name: str, settings: Mapping[str, Any]) -> None:
+    """Refuse a setting whose value is not of its plainly annotated type (a number
+    written in quotes, a word where a number belongs), before the provider sees it."""
+    parameters = inspect.signature(provider_class(name).__init__).parameters
+    for key, value in settings.items():
+        parameter = parameters.get(str(key))
+        if parameter is None or not isinstance(parameter.annotation, str):
+            continue
+        words = [w.strip() for w in parameter.annotation.split("|")]
+        if not words or any(w not in _SIMPLE_TYPES for w in words):
+            continue  # Decimal, Path, a clock...: the provider reads those itself
+        allowed = tuple(t for w in words for t in _SIMPLE_TYPES[w])
+        is_bool = isinstance(value, bool)
+        if isinstance(value, allowed) and (not is_bool or bool in allowed):
+            continue
+        wanted = " or ".join(_TYPE_WORDS[w] for w in words if w != "None")
+        hint = "; write it without quotes" if _quoted_number(value, words) else ""
+        raise ConfigurationError(
+            f"provider {name!r} setting {key!r} must be {wanted}, got {value!r}{hint}"
+        )
+
+
+def _quoted_number(value: Any, words: list[str]) -> bool:
+    if not isinstance(value, str) or not {"int", "float"} & set(words):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 __all__ = [
