@@ -127,11 +127,11 @@ def _build_spec(
     seed: int | None,
 ) -> JobSpec:
     from broker.errors import ConfigurationError
-    from broker.spec import JobSpec, parse_spec
+    from broker.spec import parse_spec, read_spec_file
 
     base: dict[str, Any] = {}
-    if spec_file is not None:
-        base = JobSpec.from_file(spec_file).model_dump(exclude_unset=True)
+    if spec_file is not None:  # checked once, with the options below merged in
+        base = read_spec_file(spec_file)
     if data is not None:
         base["data"] = data
     if target is not None:
@@ -149,13 +149,13 @@ def _build_spec(
         base["seed"] = seed
     if ignore is not None:
         base["ignore"] = _split(ignore)
-    budget = dict(base.get("budget") or {})
+    budget = _section(base, "budget")
     if max_usd is not None:
         budget["max_usd"] = max_usd
     if max_runtime is not None:
         budget["max_runtime_s"] = max_runtime
     base["budget"] = budget
-    constraints = dict(base.get("constraints") or {})
+    constraints = _section(base, "constraints")
     if providers is not None:
         constraints["providers"] = _split(providers)
     if prefer is not None:
@@ -163,11 +163,26 @@ def _build_spec(
     if region is not None:
         constraints["regions"] = _split(region)
     base["constraints"] = constraints
-    deployment = dict(base.get("deployment") or {})
+    deployment = _section(base, "deployment")
     if hours_per_month is not None:
         deployment["hours_per_month"] = hours_per_month
     base["deployment"] = deployment
     return parse_spec(base)
+
+
+def _section(base: dict[str, Any], key: str) -> dict[str, Any]:
+    """A copy of the spec's `key` mapping, for options to be merged into."""
+    from broker.errors import ConfigurationError
+
+    value = base.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigurationError(
+            f"invalid job spec: {key} must be a mapping of fields, got "
+            f"{type(value).__name__}"
+        )
+    return dict(value)
 
 
 def _with_local_options(spec: JobSpec, **options: str | None) -> JobSpec:

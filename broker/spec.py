@@ -179,36 +179,53 @@ class JobSpec(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> JobSpec:
-        """Load a spec from YAML or JSON; relative data paths resolve from the file."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read spec file {str(path)!r}: {exc}"
-            ) from None
-        try:
-            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except json.JSONDecodeError as exc:  # its message has no source text
-            raise ConfigurationError(
-                f"spec file {str(path)!r} is not valid JSON: {exc}"
-            ) from None
-        except yaml.YAMLError as exc:  # PyYAML's message quotes the line, secrets too
-            from broker.redact import describe_yaml_error
+        """Load a spec from YAML or JSON; relative data paths resolve from the file.
 
-            raise ConfigurationError(
-                f"spec file {str(path)!r} is not valid YAML: {describe_yaml_error(exc)}"
-            ) from None
-        if not isinstance(raw, dict):
-            raise ConfigurationError(
-                f"spec file {str(path)!r} must hold a mapping of fields, "
-                f"got {type(raw).__name__}"
-            )
+        `overrides` (None values ignored) replace the file's fields before the spec is
+        checked, so a file may leave out what they give; their paths are the caller's.
+        """
+        raw = read_spec_file(path)
         raw.update({k: v for k, v in overrides.items() if v is not None})
-        data = raw.get("data")
-        if isinstance(data, str) and not Path(data).is_absolute():
-            raw["data"] = str((path.parent / data).resolve())
         return parse_spec(raw)
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """The fields of a YAML or JSON spec file, not yet checked, with relative `data`
+    and `holdout_data` paths resolved from the file's folder.
+
+    Raises:
+        ConfigurationError: the file cannot be read, is not valid YAML or JSON, or does
+            not hold a mapping.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read spec file {str(path)!r}: {exc}"
+        ) from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:  # its message has no source text
+        raise ConfigurationError(
+            f"spec file {str(path)!r} is not valid JSON: {exc}"
+        ) from None
+    except yaml.YAMLError as exc:  # PyYAML's message quotes the line, secrets too
+        from broker.redact import describe_yaml_error
+
+        raise ConfigurationError(
+            f"spec file {str(path)!r} is not valid YAML: {describe_yaml_error(exc)}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigurationError(
+            f"spec file {str(path)!r} must hold a mapping of fields, "
+            f"got {type(raw).__name__}"
+        )
+    for key in ("data", "holdout_data"):
+        value = raw.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            raw[key] = str((path.parent / value).resolve())
+    return raw
 
 
 def parse_spec(raw: dict[str, Any]) -> JobSpec:

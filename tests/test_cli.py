@@ -55,6 +55,20 @@ def test_cli_plan_compares_five_providers_and_picks_local(table_csv: Path) -> No
     assert "serving" in result.output
 
 
+def test_cli_plan_takes_the_target_from_the_command_line_over_a_spec_file(
+    table_csv: Path, tmp_path: Path
+) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"data: {table_csv.name}\nbudget: {{max_runtime_s: 600}}\n")
+
+    result = runner.invoke(
+        app, ["plan", "--spec", str(spec), "--target", "label", "--max-usd", "5"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "Chose local this-machine" in result.output
+
+
 def test_cli_plan_json_has_training_and_serving_for_every_provider(
     table_csv: Path,
 ) -> None:

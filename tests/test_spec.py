@@ -58,6 +58,28 @@ def test_spec_from_yaml_resolves_data_next_to_file(tmp_path):
     assert spec.budget.max_runtime_s == 60
 
 
+def test_spec_from_file_resolves_holdout_next_to_file_and_overrides_as_given(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "job.yaml").write_text(
+        "data: d.csv\nholdout_data: ../held/h.csv\n"
+    )
+    monkeypatch.chdir(tmp_path)
+
+    # the file names no target: the override gives it, and its data path is the
+    # caller's, not resolved from the file's folder
+    spec = JobSpec.from_file(tmp_path / "specs" / "job.yaml", target="y")
+    other = JobSpec.from_file(
+        tmp_path / "specs" / "job.yaml", target="y", data="mine.csv"
+    )
+
+    assert spec.target == "y"
+    assert spec.data == (tmp_path / "specs" / "d.csv").resolve()
+    assert spec.holdout_data == (tmp_path / "held" / "h.csv").resolve()
+    assert str(other.data) == "mine.csv"
+
+
 def test_spec_from_file_that_is_not_a_mapping(tmp_path):
     (tmp_path / "job.yaml").write_text("- a\n- b\n")
     with pytest.raises(
