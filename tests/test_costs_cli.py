@@ -294,3 +294,48 @@ def test_costs_cli_shows_a_project_named_in_square_brackets_as_written(
 
     assert result.exit_code == 0, result.output
     assert "[/]ops[b]" in result.output
+
+
+def test_costs_cli_shown_actual_and_left_add_up_to_the_budget(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    store = JobStore(tmp_path / "jobs.db", clock=FakeClock())
+    for project, usd in (("lab", "0.0327835"), ("big", "1")):
+        job = store.create_job(
+            spec={}, idempotency_key=project, run_dir=None, project=project
+        )
+        attempt = store.start_attempt(
+            job.job_id,
+            provider="local",
+            machine="this-machine",
+            region="local",
+            quote={},
+            idempotency_key=f"{project}-1",
+        )
+        store.finish_attempt(
+            attempt.attempt_id, state="succeeded", cost_usd=Decimal(usd)
+        )
+    store.close()
+    config = tmp_path / "config.yaml"
+    config.write_text("monthly_budget_usd: {lab: 0.05, big: 1e30}\n")
+    month = FakeClock().now().strftime("%Y-%m")
+
+    result = runner.invoke(
+        app,
+        ["costs", "--month", month, "--config", str(config)]
+        + ["--store", str(tmp_path / "jobs.db")],
+        env={"COLUMNS": "200"},
+    )
+
+    assert result.exit_code == 0, result.output
+    cells = {
+        row[0]: row[1:7]
+        for row in (
+            [c.strip() for c in line.split("│")[1:-1]]
+            for line in result.output.splitlines()
+            if line.count("│") > 3
+        )
+    }
+    # $0.0327835 shows as $0.032784, so $0.017216 is left, not $0.017217
+    assert cells["lab"][2:5] == ["$0.032784", "$0.05", "$0.017216"]
+    assert cells["big"][3].startswith("$10000000000")  # a huge budget, no error

@@ -6,7 +6,7 @@ Call :func:`register` on the CLI's Typer app to add them.
 from __future__ import annotations
 
 import sys
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -193,7 +193,11 @@ def costs(
             _usd(row["quote_usd"]),
             _usd(row["actual_usd"]),
             _usd(row["budget_usd"]),
-            _usd(left),
+            # the shown actual, rounded to micro-dollars, and the shown left add up
+            # to the budget; --json keeps the exact values
+            _usd(
+                None if left is None else row["budget_usd"] - _micro(row["actual_usd"])
+            ),
             "-" if row["used_pct"] is None else f"{row['used_pct']}%",
             style=style,
         )
@@ -279,9 +283,16 @@ def _usd(value: Any) -> str:
     digits; ``--json`` keeps the ledger's exact values."""
     if value is None:
         return "-"
-    micro = Decimal(value).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+    micro = _micro(value)
     whole, _, fraction = f"{micro:f}".partition(".")
     return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def _micro(value: Any) -> Decimal:
+    """`value` rounded half up to micro-dollars, however many digits it has."""
+    with localcontext() as exact:
+        exact.prec = 80  # room for a budget of 10**30 dollars to a millionth
+        return Decimal(value).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
 
 
 # --- report ----------------------------------------------------------------------------
