@@ -692,11 +692,13 @@ def _judge(
     if context.max_usd is not None and estimate.training_usd_high > context.max_usd:
         estimate = _trimmed(row, estimate, context)
         if not estimate.trimmed:
-            pays_for = f"{min(MIN_USEFUL_RUNTIME_S, context.runtime_s)} s"
-            if estimate.min_billed_s > min(MIN_USEFUL_RUNTIME_S, context.runtime_s):
-                pays_for = (
-                    f"the {estimate.min_billed_s} s that {row.provider} bills at least"
-                )
+            # the shortest run the provider bills: its run shape's, or its price
+            # row's minimum charge (a Vertex node hour), whichever is longer
+            shortest = max(estimate.min_billed_s, int(training_rule(row).minimum_s))
+            useful = min(MIN_USEFUL_RUNTIME_S, context.runtime_s)
+            pays_for = f"{useful} s"
+            if shortest > useful:
+                pays_for = f"the {shortest} s that {row.provider} bills at least"
             return _rejection(
                 row,
                 "over_budget",

@@ -693,6 +693,35 @@ def test_plan_azure_rejected_when_the_cap_cannot_pay_its_shortest_run() -> None:
     )
 
 
+def test_plan_vertex_rejection_names_its_node_hour_minimum_not_a_short_runtime():
+    catalog = Catalog.from_rows(
+        [
+            row(
+                "vertex",
+                "automl",
+                "us-central1",
+                "21.252",
+                component="automl_node_hour",
+                billing_increment_s=Decimal("3.6"),
+                minimum_charge_s=Decimal(3600),
+            ),
+            LOCAL,
+        ]
+    )
+    # $20 pays for 3387 s at $21.252/h, but Vertex bills at least one node hour
+    job = spec(budget={"max_runtime_s": 7200, "max_usd": Decimal("20")})
+
+    plan = make_plan(
+        job, schema(), catalog=catalog, availability=available(*ALL), unsupported={}
+    )
+
+    [vertex] = [r for r in plan.rejections if r.provider == "vertex"]
+    assert vertex.reason == "over_budget"
+    assert vertex.detail.endswith(
+        "which pays for less than the 3600 s that vertex bills at least"
+    )
+
+
 def test_plan_prefer_repeated_local_ranks_local_first() -> None:
     catalog = Catalog.from_rows(
         [LOCAL, row("sagemaker", "m", "r1", "0.115"), row("azure", "vm", "r1", "0.2")]
