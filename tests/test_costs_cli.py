@@ -339,3 +339,26 @@ def test_costs_cli_shown_actual_and_left_add_up_to_the_budget(
     # $0.0327835 shows as $0.032784, so $0.017216 is left, not $0.017217
     assert cells["lab"][2:5] == ["$0.032784", "$0.05", "$0.017216"]
     assert cells["big"][3].startswith("$10000000000")  # a huge budget, no error
+
+
+def test_costs_cli_report_on_hand_edited_run_files_is_a_clear_error(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    folder = run_folder(tmp_path, "job-1", 0.9, "0.02")
+    result_path = folder / "result.json"
+    payload = json.loads(result_path.read_text())
+
+    del payload["metric"]
+    result_path.write_text(json.dumps(payload))
+    missing = runner.invoke(app, ["report", str(folder)])
+    payload = json.loads(result_path.read_text()) | {"metric": "roc_auc"}
+    payload["cost"]["actual_usd"] = "abc"
+    result_path.write_text(json.dumps(payload))
+    garbled = runner.invoke(app, ["report", str(folder), "--format", "html"])
+
+    for out in (missing, garbled):
+        assert out.exit_code == 2, out.output
+        assert out.exception is None or isinstance(out.exception, SystemExit)
+        assert f"the run files in {folder} are not what the broker writes" in (
+            " ".join(out.output.split())
+        )

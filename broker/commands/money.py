@@ -333,6 +333,17 @@ def report(
     except BrokerError as exc:
         _fail(exc)
         return
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:
+        # a result.json or plan.json edited by hand, or written by another version
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        _fail(
+            reports.ReportError(
+                f"the run files in {', '.join(str(r) for r in runs)} are not what "
+                f"the broker writes ({type(exc).__name__}: {first_line}); run the job "
+                "again, or restore the folder's result.json and plan.json"
+            )
+        )
+        return
 
     if out is None:
         sys.stdout.write(text)
