@@ -393,9 +393,11 @@ def read_overrides(path: str | Path) -> list[PriceRow]:
             f"cannot read price file {str(path)!r}: {exc.strerror or exc}; "
             f"check the path given in {PRICES_ENV} or the prices option"
         ) from None
-    except yaml.YAMLError as exc:
+    except yaml.YAMLError as exc:  # PyYAML's message quotes the line, secrets too
+        from broker.redact import describe_yaml_error
+
         raise ConfigurationError(
-            f"price file {str(path)!r} is not valid YAML: {exc}"
+            f"price file {str(path)!r} is not valid YAML: {describe_yaml_error(exc)}"
         ) from None
     if isinstance(raw, dict):
         raw = raw.get("prices")

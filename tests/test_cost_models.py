@@ -289,6 +289,18 @@ def test_override_yaml_from_environment_adds_new_row(tmp_path: Path) -> None:
     assert catalog.sources[-1].user_supplied
 
 
+def test_override_yaml_syntax_error_gives_position_not_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text('prices:\n  - {provider: local, note: "sk-live-9f8e7d6c\n')
+
+    with pytest.raises(ConfigurationError) as caught:
+        read_overrides(path)
+
+    message = str(caught.value)
+    assert message.startswith(f"price file {str(path)!r} is not valid YAML: line 3")
+    assert "sk-live-9f8e7d6c" not in message
+
+
 def test_override_yaml_wrong_shape_says_what_is_expected(tmp_path: Path) -> None:
     path = tmp_path / "prices.yaml"
     path.write_text("price: 3\n")
