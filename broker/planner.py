@@ -8,8 +8,9 @@ runtime budget, rounded by the provider's billing rule) plus one month of servin
 A rejection keeps its quote when a price was found, so the comparison table can show
 what every provider would have cost even when none of the clouds has credentials. The
 local backend is always a candidate when the job fits this machine's memory; it is
-priced from the local rate the user sets (``AUTOML_BROKER_LOCAL_RATE``, default $0/h)
-and ranks after the clouds when the costs tie.
+priced from the local rate the user sets (``AUTOML_BROKER_LOCAL_RATE``; by default about
+$0.20/h, power plus amortisation of a workstation: ``DEFAULT_LOCAL_USD_PER_HOUR``) and
+ranks after the clouds when the costs tie.
 
 Example:
     >>> from broker.schema import Schema
@@ -310,7 +311,7 @@ def make_plan(
         availability: per provider name; names left out are found with
             :func:`broker.credentials.discover`.
         local_rate_usd_per_hour: the local machine's rate; ``AUTOML_BROKER_LOCAL_RATE``
-            or $0/h when None.
+            or :data:`DEFAULT_LOCAL_USD_PER_HOUR` (about $0.20/h) when None.
         unsupported: per provider, feature -> why it is not supported; read from the
             provider classes when None.
         month_budget_left_usd: what the month's budget still allows (see
