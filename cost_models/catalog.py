@@ -580,11 +580,15 @@ def _max_age(max_age_days: int | None, env: Mapping[str, str]) -> int:
     if not text:
         return DEFAULT_MAX_AGE_DAYS
     try:
-        return int(text)
+        days = int(text)
     except ValueError:
+        days = -1
+    if days < 0:
         raise ConfigurationError(
-            f"{MAX_AGE_ENV}={text!r} is not a whole number of days; set it to e.g. 180"
-        ) from None
+            f"{MAX_AGE_ENV}={text!r} is not a whole number of days of 0 or more; set "
+            "it to e.g. 180"
+        )
+    return days
 
 
 def _cell(value: Decimal | None) -> str:

@@ -245,6 +245,19 @@ def test_load_catalog_max_age_from_environment() -> None:
         )
 
 
+@pytest.mark.parametrize("days", ["-5", "soon"])
+def test_load_catalog_max_age_from_environment_must_be_days(days: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_catalog(
+            [CATALOG_DIR / "aws.csv"], env={"AUTOML_BROKER_PRICE_MAX_AGE_DAYS": days}
+        )
+
+    assert str(caught.value) == (
+        f"AUTOML_BROKER_PRICE_MAX_AGE_DAYS={days!r} is not a whole number of days of "
+        "0 or more; set it to e.g. 180"
+    )
+
+
 def test_load_catalog_unreadable_file_names_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.csv"
     with pytest.raises(

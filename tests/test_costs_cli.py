@@ -98,6 +98,15 @@ def test_costs_cli_refuses_out_with_in_place(app: typer.Typer, tmp_path: Path) -
     assert result.exit_code == 2
     assert "give --out or --in-place, not both" in result.output
 
+    nothing = runner.invoke(
+        app, ["pricing", "refresh", "--out", str(tmp_path / "p"), "--source", " ,"]
+    )
+    assert nothing.exit_code == 2
+    assert "--source names no price source; give some of azure,aws,google" in (
+        nothing.output
+    )
+    assert not (tmp_path / "p").exists()  # nothing was written
+
 
 def ledger(tmp_path: Path) -> Path:
     """A store with $1.75 actual spend on 'research', $9.00 on 'ops' and $0.003278 on

@@ -89,6 +89,10 @@ def refresh(
     if in_place and out is not None:
         _fail(ValueError("give --out or --in-place, not both"))
     sources = [s.strip() for s in source.split(",") if s.strip()]
+    if not sources:
+        _fail(
+            ValueError("--source names no price source; give some of azure,aws,google")
+        )
     try:
         result = refresh_catalogs(
             out_dir=CATALOG_DIR if in_place else out,
