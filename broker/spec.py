@@ -238,8 +238,23 @@ def parse_spec(raw: dict[str, Any]) -> JobSpec:
         lines = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "spec"
-            lines.append(f"{where}: {err['msg']}")
+            lines.append(f"{where}: {err['msg']}{_given(err, where)}")
         raise ConfigurationError("invalid job spec:\n  " + "\n  ".join(lines)) from None
+
+
+def _given(err: Any, where: str) -> str:
+    """`, got <value>` for a scalar the user wrote (a secret's value masked)."""
+    from broker.redact import MASK, is_secret_key, redact_text
+
+    if err.get("type") == "missing" or "input" not in err:
+        return ""
+    value = err["input"]
+    if not isinstance(value, str | int | float | bool) or value is None:
+        return ""
+    if is_secret_key(where.rsplit(".", 1)[-1]):
+        return f", got {MASK}"
+    text = redact_text(repr(value))
+    return f", got {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 # --- results ---------------------------------------------------------------------------

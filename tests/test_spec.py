@@ -42,6 +42,29 @@ def test_spec_unknown_field_is_refused():
         parse_spec({"data": "x.csv", "target": "y", "budgett": {}})
 
 
+def test_spec_errors_repeat_the_value_given_but_never_a_secret():
+    with pytest.raises(ConfigurationError) as caught:
+        parse_spec(
+            {
+                "data": "x.csv",
+                "target": 5,
+                "budget": {"max_usd": "$5"},
+                "task": "clustering",
+                "notify": {"password": 12345},
+            }
+        )
+
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "invalid job spec:"
+    assert "  target: Input should be a valid string, got 5" in lines
+    assert "  budget.max_usd: Input should be a valid decimal, got '$5'" in lines
+    assert (
+        "  task: Input should be 'auto', 'binary', 'multiclass' or 'regression', got "
+        "'clustering'" in lines
+    )
+    assert "12345" not in str(caught.value)
+
+
 def test_spec_dataframe_source_recorded_by_shape():
     frame = pd.DataFrame({"a": [1, 2], "y": [0, 1]})
     spec = JobSpec(data=frame, target="y")
