@@ -224,7 +224,7 @@ class Plan:
             else:
                 why = f"the lowest estimate of {len(feasible)} feasible providers"
             lines.append(f"Chose {_where(chosen)}: {why}, {_quote_text(chosen.quote)}.")
-            if chosen.quote.is_local:
+            if chosen.quote.is_local and not chosen.quote.user_supplied:
                 lines.append(
                     f"  Local runs are priced at ${self.local_usd_per_hour}/h, "
                     "the local rate (power and amortisation; config key "

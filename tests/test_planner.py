@@ -182,6 +182,22 @@ def test_plan_c18_user_price_override_is_used_and_marked(tmp_path: Path) -> None
     assert "Price is user-supplied" in plan.explanation()
 
 
+def test_plan_user_priced_local_row_is_explained_by_that_price_only(
+    tmp_path: Path,
+) -> None:
+    prices = tmp_path / "prices.csv"
+    prices.write_text("provider,sku,region,price\nlocal,this-machine,local,5.00\n")
+    catalog = Catalog.from_rows([LOCAL]).with_overrides(read_overrides(prices))
+
+    plan = plan_for(catalog, spec(budget=TWO_HOURS))
+
+    assert plan.chosen is not None and plan.chosen.quote.user_supplied
+    assert plan.chosen.quote.training_usd_per_hour == Decimal("5.00")
+    explained = plan.explanation()
+    assert "Price is user-supplied" in explained
+    assert "Local runs are priced at" not in explained  # that rate was not used
+
+
 def test_plan_c18_local_is_labelled_local_and_priced_from_local_rate() -> None:
     catalog = Catalog.from_rows([*C18.rows, LOCAL])
     with pytest.warns(PriceMissingWarning):
