@@ -375,7 +375,8 @@ def outcome_line(result: JobResult) -> tuple[str, int]:
 
 def _fail(exc: Exception) -> None:
     err_console.print(
-        f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False
+        f"[bold red]error:[/] {type(exc).__name__}: {escape(_masked(exc))}",
+        highlight=False,
     )
     raise typer.Exit(code=2)
 
@@ -395,7 +396,7 @@ def _shown_warnings() -> Iterator[None]:
         finally:
             seen: set[str] = set()
             for item in caught:
-                text = f"{item.category.__name__}: {item.message}"
+                text = f"{item.category.__name__}: {_masked(item.message)}"
                 if text not in seen:
                     seen.add(text)
                     err_console.print(
@@ -403,11 +404,21 @@ def _shown_warnings() -> Iterator[None]:
                     )
 
 
+def _masked(value: object) -> str:
+    """`value` as text with secret shapes masked, for anything shown to the user."""
+    from broker.redact import redact_text
+
+    return redact_text(str(value))
+
+
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
     level = logging.INFO if verbose else logging.WARNING
+    from broker.redact import RedactingFilter
+
     handler = RichHandler(console=err_console, show_path=False, show_time=verbose)
+    handler.addFilter(RedactingFilter())
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s")
 
 

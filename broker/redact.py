@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -366,3 +367,22 @@ def _mask_quoted(text: str) -> str:
         return f"'{MASK}'"
 
     return _QUOTED.sub(mask, text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks secret shapes in each record's message.
+
+    The broker's own log lines never hold a secret on purpose; this catches one that
+    an SDK's error text carries into a message. Attach it to a handler (the CLI does)
+    so that it sees every record, the libraries' too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not fit its format
+            return True
+        masked = redact_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True

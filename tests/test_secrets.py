@@ -292,3 +292,37 @@ def test_redact_text_reads_long_unbroken_text_in_one_pass() -> None:
     assert redact_text(long_word) == long_word
     assert redact_text("token" * 20_000) == "token" * 20_000
     assert time.monotonic() - started < 5.0
+
+
+def test_redacting_filter_masks_secrets_in_any_record(caplog) -> None:
+    from broker.redact import RedactingFilter
+
+    record = logging.LogRecord(
+        "google.auth", logging.WARNING, __file__, 1, "refresh failed: %s", None, None
+    )
+    record.args = ("client_secret=s3cr3t-value",)
+
+    assert RedactingFilter().filter(record) is True
+    assert record.getMessage() == "refresh failed: client_secret=[REDACTED]"
+
+
+def test_cli_error_message_is_masked_before_it_is_shown(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from broker.cli import app
+
+    data = tmp_path / "table.csv"
+    data.write_text("x,y\n" + "".join(f"{i % 3},{i % 2}\n" for i in range(20)))
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "providers:\n  vertex: {project: p, staging: "
+        '"https://storage.example/b?token=abc123secret"}\n'
+    )
+    monkeypatch.setenv("AUTOML_BROKER_CONFIG", str(config))
+
+    result = CliRunner().invoke(
+        app, ["plan", str(data), "--target", "y", "--providers", "vertex,local"]
+    )
+
+    assert "abc123secret" not in result.output
+    assert "token=[REDACTED]" in result.output

@@ -353,6 +353,7 @@ def _store(config_path: Path | None) -> JobStore:
 def _guarded(call: Callable[[], Any]) -> Any:
     """Run `call`; a broker error becomes one red line and exit code 2."""
     from broker.errors import BrokerError
+    from broker.redact import redact_text
 
     try:
         return call()
@@ -360,7 +361,10 @@ def _guarded(call: Callable[[], Any]) -> Any:
         from rich.text import Text
 
         _console(stderr=True).print(
-            Text.assemble(("error:", "bold red"), f" {type(exc).__name__}: {exc}"),
+            Text.assemble(
+                ("error:", "bold red"),
+                f" {type(exc).__name__}: {redact_text(str(exc))}",
+            ),
             highlight=False,
         )
         raise typer.Exit(code=2) from None

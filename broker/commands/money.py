@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from broker.redact import redact_text
+
 if TYPE_CHECKING:
     from cost_models.refresh import RefreshReport
 
@@ -40,7 +42,8 @@ def register(app: typer.Typer) -> None:
 
 def _fail(exc: Exception) -> None:
     err_console.print(
-        f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False
+        f"[bold red]error:[/] {type(exc).__name__}: {escape(redact_text(str(exc)))}",
+        highlight=False,
     )
     raise typer.Exit(code=2)
 
