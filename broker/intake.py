@@ -81,10 +81,10 @@ _ISO_DATE = re.compile(
 # digits); a decimal comma such as "1,5" does not match.
 # "1,234,567" or "1,234.5"; a group never starts with "0," (that is a decimal comma)
 _GROUPED_NUMBER = re.compile(r"^[+-]?(?:0|[1-9]\d{0,2}(?:,\d{3})*)(?:\.\d+)?$")
-# a value only thousands separators explain: two groups, or a group and a decimal point
-_SURELY_GROUPED = re.compile(r"^[+-]?[1-9]\d{0,2}(?:,\d{3}){2,}(?:\.\d+)?$|,\d{3}\.\d")
-# where the file's fields are separated by something else, a comma may be a decimal mark
+# the field separator read_table found; a semicolon marks a decimal-comma table
 DELIMITER_ATTR = "broker_delimiter"
+# "7.876,63", "-7,6" or "1500": a number as written where the decimal mark is a comma
+_EUROPEAN_NUMBER = re.compile(r"^[+-]?(?:\d{1,3}(?:\.\d{3})+|\d+)(?:,\d+)?$")
 _DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
 _PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _TRANSLITERATE = str.maketrans(
@@ -461,17 +461,17 @@ def build_schema(
             f"the target {target!r} is also in the ignore list; remove it from ignore"
         )
 
-    comma_separated = frame.attrs.get(DELIMITER_ATTR, ",") == ","
+    decimal_comma = frame.attrs.get(DELIMITER_ATTR) == ";"
     frame, dropped_rows = _drop_missing_target(frame, target)
-    numbers = _grouped_target(frame[target], task, comma_separated)
-    if numbers is None:
+    read = _target_as_numbers(frame[target], task, decimal_comma)
+    if read is None:
         labels, resolved, classes = _resolve_task(frame[target], target, task)
     else:
+        numbers, how = read
         labels, resolved, classes = _resolve_task(numbers, target, task)
         if resolved == Task.REGRESSION:
             warnings.warn(
-                f"read the target {target!r} as numbers written with thousands "
-                f"separators (such as '1,234,567'); the commas were removed",
+                f"read the target {target!r} as numbers written {how}",
                 DataWarning,
                 stacklevel=3,
             )
@@ -479,7 +479,7 @@ def build_schema(
             labels, classes = _spelled_as_written(labels, classes, frame[target])
     frame[target] = labels
     features = [name for name in columns if name != target and name not in ignored]
-    _read_grouped_numbers(frame, features, comma_separated)
+    _read_grouped_numbers(frame, features, decimal_comma)
     _infinite_as_missing(frame, features)
 
     safe = dict(zip(columns, make_safe_names(columns), strict=True))
@@ -506,6 +506,7 @@ def build_schema(
         dropped_target_rows=tuple(dropped_rows),
         class_counts=_class_counts(labels, classes),
         renamed_columns=dict(renamed or {}),
+        decimal_comma=decimal_comma,
     )
     for column in typed:
         if column.dropped_reason:
@@ -514,14 +515,17 @@ def build_schema(
 
 
 def _read_grouped_numbers(
-    frame: pd.DataFrame, names: Sequence[str], comma_separated: bool = True
+    frame: pd.DataFrame, names: Sequence[str], decimal_comma: bool = False
 ) -> None:
-    """Turn text columns of numbers written with thousands separators ("1,234,567",
-    "1,234.5") into numbers, in place, with one DataWarning naming them.
+    """Turn text columns of numbers written with separators into numbers, in place,
+    with a DataWarning naming them.
 
-    Numbers that may be written with a decimal comma ("0,5", or "2,388" in a file
-    whose fields a semicolon separates) stay text, with a DataWarning naming them."""
+    In a semicolon-separated table (`decimal_comma`) the comma is the decimal mark and
+    the dot groups thousands ("7.876,63"), as where such files are usual; elsewhere
+    the comma groups thousands ("1,234,567", "1,234.5"), and a column whose commas
+    only a decimal mark explains ("0,5") stays text, with a DataWarning saying so."""
     converted: list[str] = []
+    european: list[str] = []
     decimal_commas: list[str] = []
     for name in names:
         values = frame[name]
@@ -532,6 +536,10 @@ def _read_grouped_numbers(
             continue
         if not all(isinstance(v, str) for v in present.iloc[:_TYPE_SAMPLE]):
             continue
+        if decimal_comma and _all_european_numbers(present):
+            frame[name] = _european_as_numbers(values)
+            european.append(name)
+            continue
         if _all_decimal_commas(present):
             decimal_commas.append(name)
             continue
@@ -541,9 +549,6 @@ def _read_grouped_numbers(
             continue
         if not any("," in v for v in present):
             continue  # plain numbers as text: typing reads those already
-        if not comma_separated and not _proves_grouping(present):
-            decimal_commas.append(name)  # "2,388" may be 2.388 there
-            continue
         frame[name] = pd.to_numeric(
             values.map(
                 lambda v: v.strip().replace(",", "") if isinstance(v, str) else v
@@ -551,6 +556,14 @@ def _read_grouped_numbers(
         ).astype(np.float64)
         converted.append(name)
 
+    if european:
+        warnings.warn(
+            f"read column(s) {', '.join(repr(n) for n in european)} as numbers written "
+            f"with a decimal comma (such as '7.876,63' for 7876.63), as is usual in "
+            f"semicolon-separated files",
+            DataWarning,
+            stacklevel=4,
+        )
     if decimal_commas:
         warnings.warn(
             f"column(s) {', '.join(repr(n) for n in decimal_commas)} hold numbers "
@@ -570,27 +583,47 @@ def _read_grouped_numbers(
         )
 
 
-def _grouped_target(
-    labels: pd.Series, task: Task, comma_separated: bool = True
-) -> pd.Series | None:
-    """`labels` as numbers when every one is a number written as text and some have
-    thousands separators ("1,234"), for a regression target or one whose task is to be
-    inferred; else None."""
+def _target_as_numbers(
+    labels: pd.Series, task: Task, decimal_comma: bool
+) -> tuple[pd.Series, str] | None:
+    """A regression target (or one whose task is to be inferred) written as text
+    numbers with separators, as numbers, and how they were written; else None."""
     if task not in (Task.REGRESSION, Task.AUTO):
         return None
     if pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
         return None
-    if not _all_numbers_as_text(labels) or not any("," in v for v in labels):
+    if not all(isinstance(v, str) for v in labels) or not any("," in v for v in labels):
         return None
-    if not comma_separated and not _proves_grouping(labels):
-        return None
-    return _text_as_numbers(labels)
+    if decimal_comma and _all_european_numbers(labels):
+        return _european_as_numbers(labels), "with a decimal comma (such as '7,5')"
+    if _all_numbers_as_text(labels):
+        return _text_as_numbers(labels), (
+            "with thousands separators (such as '1,234,567'); the commas were removed"
+        )
+    return None
 
 
-def _proves_grouping(values: pd.Series) -> bool:
-    """Some value can only be read with thousands separators ("1,234,567" or
-    "2,345.5"), not with a decimal comma."""
-    return any(_SURELY_GROUPED.search(v.strip()) is not None for v in values)
+def _all_european_numbers(values: pd.Series) -> bool:
+    """Every value is a number written with a decimal comma (dots grouping thousands),
+    and some value has that comma."""
+    texts = [v.strip() for v in values if isinstance(v, str)]
+    return (
+        len(texts) == len(values)
+        and any("," in t for t in texts)
+        and all(_EUROPEAN_NUMBER.match(t) is not None for t in texts)
+    )
+
+
+def _european_as_numbers(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(
+        values.map(
+            lambda v: (
+                v.strip().replace(".", "").replace(",", ".")
+                if isinstance(v, str)
+                else v
+            )
+        )
+    ).astype(np.float64)
 
 
 def _spelled_as_written(
@@ -618,13 +651,16 @@ def _all_numbers_as_text(values: pd.Series) -> bool:
     )
 
 
-def _as_number(value: Any) -> float | None:
-    """A label as a number (plain or with thousands separators), or None."""
+def _as_number(value: Any, decimal_comma: bool = False) -> float | None:
+    """A label as a number (plain, with thousands separators, or with a decimal comma
+    in a `decimal_comma` table), or None."""
     if isinstance(value, bool | np.bool_):
         return None
     if isinstance(value, int | float | np.number):
         return float(value)
     text = str(value).strip()
+    if decimal_comma and "," in text and _EUROPEAN_NUMBER.match(text):
+        return float(text.replace(".", "").replace(",", "."))
     if _GROUPED_NUMBER.match(text) or _PLAIN_NUMBER.match(text):
         return float(text.replace(",", ""))
     return None
@@ -888,7 +924,7 @@ def _normalise_labels(labels: pd.Series, schema: Schema) -> pd.Series:
             labels
         ):
             return pd.Series(labels.to_numpy(dtype=np.float64), index=labels.index)
-        numbers = [_as_number(v) for v in labels.tolist()]
+        numbers = [_as_number(v, schema.decimal_comma) for v in labels.tolist()]
         values = labels.tolist()
         bad = list(
             dict.fromkeys(v for v, n in zip(values, numbers, strict=True) if n is None)
@@ -1284,7 +1320,7 @@ def _typed_values(values: pd.Series, column: Column, schema: Schema) -> pd.Serie
             return pd.to_numeric(values, errors="coerce").astype(np.float64)
         return values.astype(object)
     if column.kind == ColumnKind.NUMERIC:
-        return _numeric_values(values, column.name)
+        return _numeric_values(values, column.name, schema.decimal_comma)
     if column.kind == ColumnKind.DATETIME:
         # TODO(datetime-features): backends get datetime64; no expansion into parts yet.
         return pd.to_datetime(values, errors="coerce")
@@ -1294,11 +1330,13 @@ def _typed_values(values: pd.Series, column: Column, schema: Schema) -> pd.Serie
     return text.where(~missing, np.nan)
 
 
-def _numeric_values(values: pd.Series, name: str) -> pd.Series:
+def _numeric_values(
+    values: pd.Series, name: str, decimal_comma: bool = False
+) -> pd.Series:
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return _finite(values.astype(np.float64), name)
 
-    text = values.astype(object).map(_ungrouped)
+    text = values.astype(object).map(_european if decimal_comma else _ungrouped)
     numbers = pd.to_numeric(text, errors="coerce").astype(np.float64)
     bad = numbers.isna() & values.notna()
     if bad.any():
@@ -1324,6 +1362,16 @@ def _finite(numbers: pd.Series, name: str) -> pd.Series:
         stacklevel=5,
     )
     return numbers.where(~infinite, np.nan)
+
+
+def _european(value: Any) -> Any:
+    """A text number with a decimal comma ("7.876,63") as "7876.63"; else as it is."""
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    if "," in value and _EUROPEAN_NUMBER.match(value):
+        return value.replace(".", "").replace(",", ".")
+    return _ungrouped(value)
 
 
 def _ungrouped(value: Any) -> Any:

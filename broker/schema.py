@@ -56,6 +56,8 @@ class Schema:
     dropped_target_rows: tuple[int, ...] = ()  # 1-based data row numbers
     class_counts: dict[str, int] = field(default_factory=dict)
     renamed_columns: dict[str, str] = field(default_factory=dict)  # raw -> stripped
+    # the table was semicolon-separated: text numbers carry a decimal comma ("7,5")
+    decimal_comma: bool = False
 
     @property
     def features(self) -> list[Column]:

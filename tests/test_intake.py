@@ -713,7 +713,7 @@ def test_to_safe_frame_infinite_holdout_feature_becomes_missing(
 
 
 def test_load_dataset_reads_thousands_separators_as_numbers(tmp_path: Path) -> None:
-    # "1,5" is a decimal comma, not a thousands separator: that column stays text
+    # a semicolon file: "1,5" has a decimal comma; "1,234,567" groups thousands
     text = (
         "income;ratio;mixed;y\n"
         "1,234,567;1,5;1,000;0\n"
@@ -738,7 +738,7 @@ def test_load_dataset_reads_thousands_separators_as_numbers(tmp_path: Path) -> N
     kinds = {c.name: c.kind for c in dataset.schema.columns}
     assert kinds == {
         "income": ColumnKind.NUMERIC,
-        "ratio": ColumnKind.CATEGORICAL,
+        "ratio": ColumnKind.NUMERIC,
         "mixed": ColumnKind.CATEGORICAL,
         "y": ColumnKind.TARGET,
     }
@@ -751,7 +751,7 @@ def test_load_dataset_reads_thousands_separators_as_numbers(tmp_path: Path) -> N
         -12000.0,
     ]
     assert np.isnan(safe["income"].iloc[5])
-    assert dataset.frame["ratio"].tolist()[:2] == ["1,5", "2,5"]
+    assert dataset.frame["ratio"].tolist()[:2] == [1.5, 2.5]
 
 
 def test_regression_target_with_thousands_separators_is_read_as_numbers(
@@ -828,47 +828,82 @@ def test_class_labels_with_thousands_separators_stay_as_written(
     assert dataset.schema.classes == tuple(tiers)
 
 
-def test_decimal_commas_are_never_read_as_thousands_separators(tmp_path: Path) -> None:
-    # a semicolon file: "0,582" and "2,32" have decimal commas; "1,250" may be 1.25
-    # or 1250; only "1,234,567" proves thousands separators
+def test_semicolon_tables_read_the_comma_as_the_decimal_mark(tmp_path: Path) -> None:
+    # in a semicolon file the comma is the decimal mark and the dot groups thousands;
+    # a column only thousands separators explain ("1,234,567") is still read so
     text = (
         "gewicht;preis;menge;y\n"
-        "0,582;1,250;1,234,567;0\n"
+        "0,582;7.876,63;1,234,567;0\n"
         "2,388;980;2,000;1\n"
-        "0,582;1,250;3,500;0\n"
+        "0,582;1.250,5;3,500;0\n"
         "1;980;999;1\n"
-        "2,32;1,250;1,500;0\n"
+        "-2,32;1.250,5;1,500;0\n"
         "2,388;980;12,345,678;1\n"
     )
+    holdout = _write(tmp_path, "gewicht;preis;menge;y\n1,5;2.000,25;7;0\n", "h.csv")
+    spec = JobSpec(data=_write(tmp_path, text), target="y", holdout_data=holdout)
+
+    with pytest.warns(DataWarning) as caught:
+        dataset = load_dataset(spec)
+
+    assert [str(w.message) for w in caught] == [
+        "read column(s) 'gewicht', 'preis' as numbers written with a decimal comma "
+        "(such as '7.876,63' for 7876.63), as is usual in semicolon-separated files",
+        "read column(s) 'menge' as numbers written with thousands separators (such "
+        "as '1,234,567'); the commas were removed",
+    ]
+    frame = dataset.frame
+    assert frame["gewicht"].tolist() == [0.582, 2.388, 0.582, 1.0, -2.32, 2.388]
+    assert frame["preis"].tolist()[:3] == [7876.63, 980.0, 1250.5]
+    assert frame["menge"].tolist()[:3] == [1234567.0, 2000.0, 3500.0]
+    assert dataset.schema.decimal_comma is True
+    held = load_holdout(spec, dataset.schema)
+    assert held is not None
+    safe = to_safe_frame(held.frame, dataset.schema)
+    assert safe[["gewicht", "preis"]].iloc[0].tolist() == [1.5, 2000.25]
+
+
+def test_decimal_commas_elsewhere_are_never_read_as_thousands_separators(
+    tmp_path: Path,
+) -> None:
+    # in a comma-separated file quoted "1,250" groups thousands, but "0,125" is no 125
+    text = 'a,b,y\n"0,125","1,250",0\n"0,5",980,1\n"1,75","2,000",0\n'
+    text += '"2","1,000",1\n"0,25","3,125",0\n"1,5","1,500",1\n'
+    with pytest.warns(DataWarning) as caught:
+        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
+    assert [str(w.message) for w in caught] == [
+        "column(s) 'a' hold numbers that may be written with a decimal comma (such "
+        "as '0,5'); they are read as text, not numbers. Write numbers with '.' as "
+        "the decimal mark to have them read as numbers",
+        "read column(s) 'b' as numbers written with thousands separators (such as "
+        "'1,234,567'); the commas were removed",
+    ]
+    assert dataset.frame["a"].tolist()[:2] == ["0,125", "0,5"]
+    assert dataset.frame["b"].tolist()[:2] == [1250.0, 980.0]
+
+    # a tab-separated table groups thousands with commas too: a price is a number
+    prices = [f"{n},250" for n in range(1, 26)]
+    text = "rooms\tprice\n" + "".join(f"{i % 4}\t{p}\n" for i, p in enumerate(prices))
+    with pytest.warns(DataWarning, match="read the target 'price' as numbers"):
+        dataset = load_dataset(
+            JobSpec(data=_write(tmp_path, text, "t.tsv"), target="price")
+        )
+    assert dataset.schema.task == Task.REGRESSION
+    assert dataset.frame["price"].tolist()[:2] == [1250.0, 2250.0]
+
+
+def test_semicolon_table_regression_target_with_decimal_commas(tmp_path: Path) -> None:
+    values = [f"{n},{n % 7}" for n in range(3, 30)]
+    text = "x;y\n" + "".join(f"{i % 5};{v}\n" for i, v in enumerate(values))
 
     with pytest.warns(DataWarning) as caught:
         dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
 
     assert [str(w.message) for w in caught] == [
-        "column(s) 'gewicht', 'preis' hold numbers that may be written with a "
-        "decimal comma (such as '0,5'); they are read as text, not numbers. Write "
-        "numbers with '.' as the decimal mark to have them read as numbers",
-        "read column(s) 'menge' as numbers written with thousands separators (such "
-        "as '1,234,567'); the commas were removed",
+        "read the target 'y' as numbers written with a decimal comma (such as '7,5')"
     ]
-    kinds = {c.name: c.kind for c in dataset.schema.columns}
-    assert kinds["gewicht"] == ColumnKind.CATEGORICAL
-    assert kinds["preis"] == ColumnKind.CATEGORICAL
-    assert kinds["menge"] == ColumnKind.NUMERIC
-    assert dataset.frame["menge"].tolist()[:3] == [1234567.0, 2000.0, 3500.0]
-
-    # in a comma-separated file quoted "1,250" is a thousands separator, but "0,125"
-    # is still no 125
-    text = 'a,b,y\n"0,125","1,250",0\n"0,5",980,1\n"1,75","2,000",0\n'
-    text += '"2","1,000",1\n"0,25","3,125",0\n"1,5","1,500",1\n'
-    with pytest.warns(DataWarning) as caught:
-        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
-    assert [str(w.message)[:40] for w in caught] == [
-        "column(s) 'a' hold numbers that may be w",
-        "read column(s) 'b' as numbers written wi",
-    ]
-    assert dataset.frame["a"].tolist()[:2] == ["0,125", "0,5"]
-    assert dataset.frame["b"].tolist()[:2] == [1250.0, 980.0]
+    assert dataset.schema.task == Task.REGRESSION
+    assert dataset.frame["y"].tolist()[:3] == [3.3, 4.4, 5.5]
 
 
 def test_to_safe_frame_reads_thousands_separators_in_holdout_rows() -> None:
