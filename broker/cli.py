@@ -412,12 +412,19 @@ def _masked(value: object) -> str:
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Log to stderr through a handler that masks secrets; every command gets it at
+    WARNING, and `--verbose` raises it to INFO."""
     from rich.logging import RichHandler
 
-    level = logging.INFO if verbose else logging.WARNING
     from broker.redact import RedactingFilter
 
+    level = logging.INFO if verbose else logging.WARNING
+    root = logging.getLogger()
+    if any(getattr(h, "broker_cli", False) for h in root.handlers):
+        root.setLevel(level)
+        return
     handler = RichHandler(console=err_console, show_path=False, show_time=verbose)
+    handler.broker_cli = True  # type: ignore[attr-defined]
     handler.addFilter(RedactingFilter())
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s")
 
@@ -656,6 +663,7 @@ def _main(
     ] = False,
 ) -> None:
     """Run AutoML jobs wherever they are cheapest and available."""
+    _setup_logging(verbose=False)
 
 
 def _register_commands() -> None:

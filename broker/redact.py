@@ -141,6 +141,16 @@ _TOKEN_NAME = re.compile(r"<[a-z ]+>")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NON_WORD = re.compile(r"[^a-z0-9]+")
 
+# A field name that holds a secret, with any prefix of word parts (HF_TOKEN,
+# AZURE_STORAGE_KEY): secrets, tokens, passwords and the compound "...key" names of
+# keys that are secrets (a key_column or sort_key is not).
+_SECRET_FIELD = (
+    r"(?:[A-Za-z0-9_-]*[_-])?(?:secret_access_key|session_token|secret|password"
+    r"|passwd|passphrase|credentials?|api[_-]?key|access[_-]?token|client[_-]?secret"
+    r"|token|private[_-]?key|(?:secret|account|access|storage|subscription|shared"
+    r"|master|signing|encryption)[_-]?key)"
+)
+
 # (pattern, replacement) pairs applied to every string, in order.
 _TEXT_RULES: list[tuple[re.Pattern[str], str]] = [
     # PEM private key blocks.
@@ -167,15 +177,24 @@ _TEXT_RULES: list[tuple[re.Pattern[str], str]] = [
     ),
     # JSON web tokens: three base64url parts, the first two starting with '{"'.
     (re.compile(r"\beyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+"), MASK),
-    # Authorization header values.
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), rf"\1 {MASK}"),
+    # Authorization header values. After "basic" the credentials are base64, with a
+    # digit, a base64 sign or a capital after a small letter ("basic model families"
+    # is no header).
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*"), rf"\1 {MASK}"),
+    (
+        re.compile(
+            r"\b([Bb][Aa][Ss][Ii][Cc])\s+"
+            r"(?=[A-Za-z0-9\-._~+/]*(?:[0-9+/=]|[a-z][A-Z]))[A-Za-z0-9\-._~+/]{6,}=*"
+        ),
+        rf"\1 {MASK}",
+    ),
     # Passwords inside URLs: scheme://user:password@host. A password may itself hold
     # '@' (or '/'), so it runs to the last '@' of the authority that a host follows,
     # else to the last such '@' before the next whitespace.
     (
         re.compile(
-            r"(?<![a-zA-Z0-9+.\-])([a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:)"
-            r"(?:[^\s/?#]*|\S*)@"
+            r"(?<![a-zA-Z0-9+.\-])([a-zA-Z][a-zA-Z0-9+.\-]{0,30}://[^/\s:@]{1,256}:)"
+            r"(?:[^\s/?#]{0,256}|\S{0,256})@"
             r"(?=[A-Za-z0-9\[])"
         ),
         rf"\1{MASK}@",
@@ -201,13 +220,22 @@ _TEXT_RULES: list[tuple[re.Pattern[str], str]] = [
     ),
     # key: value or key=value pairs in free text, such as an SDK's error message, an
     # environment line (AZURE_CLIENT_SECRET=...) or JSON ("client_secret": "..."); the
-    # key may carry a prefix (HF_TOKEN, GOOGLE_API_KEY, sas_token).
+    # key may carry a prefix (HF_TOKEN, GOOGLE_API_KEY, sas_token). A quoted value is
+    # masked to its closing quote; after ':' a space or a quote must follow (a path
+    # such as /data/secret:/mnt is no pair), and true, false, null and short whole
+    # numbers (a count in "column 'token': 3 value(s)") are left as they are.
     (
         re.compile(
-            r"(?i)(?<![A-Za-z0-9_-])((?:[A-Za-z0-9_-]*[_-])?(?:secret_access_key"
-            r"|session_token|secret|password|passwd|api[_-]?key|access[_-]?token"
-            r"|client[_-]?secret|token|private[_-]?key))(['\"]?\s*[=:]\s*['\"]?)"
-            r"(?!\[REDACTED\])([^\s'\";,&]+)"
+            rf"(?i)(?<![A-Za-z0-9_-])({_SECRET_FIELD})(['\"]?\s*(?:=|:(?=[\s'\"]))\s*)"
+            r"(['\"])(?!\[REDACTED\])[^'\"\n]*\3"
+        ),
+        rf"\1\2\3{MASK}\3",
+    ),
+    (
+        re.compile(
+            rf"(?i)(?<![A-Za-z0-9_-])({_SECRET_FIELD})(['\"]?\s*(?:=|:(?=[\s'\"]))\s*)"
+            r"(?!\[REDACTED\]|(?:true|false|null|none)\b|\d{1,4}\b(?![.,:]\d))"
+            r"([^\s'\";,&]+)"
         ),
         rf"\1\2{MASK}",
     ),
@@ -385,4 +413,12 @@ class RedactingFilter(logging.Filter):
         masked = redact_text(message)
         if masked != message:
             record.msg, record.args = masked, None
+        if record.exc_info:
+            text = logging.Formatter().formatException(record.exc_info)
+            masked_text = redact_text(text)
+            if masked_text != text:  # the traceback carries a secret: show it masked
+                record.msg, record.args = f"{masked}\n{masked_text}", None
+                record.exc_info, record.exc_text = None, None
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
         return True

@@ -266,11 +266,30 @@ def test_redact_text_masks_the_whole_password_of_a_url(
         ('{"client_secret": "S16"}', '{"client_secret": "[REDACTED]"}'),
         ("nightly token=SUPERSECRET_NAME", "nightly token=[REDACTED]"),
         ("a-b-private-key: q1", "a-b-private-key: [REDACTED]"),
+        ("secret_key=abc123", "secret_key=[REDACTED]"),
+        ("AZURE_STORAGE_KEY=k1", "AZURE_STORAGE_KEY=[REDACTED]"),
+        ("account_key=xyz", "account_key=[REDACTED]"),
+        ("subscription_key: s1", "subscription_key: [REDACTED]"),
+        (
+            "credentials: c1 and passphrase: pp",
+            "credentials: [REDACTED] and passphrase: [REDACTED]",
+        ),
+        ('"client_secret": "abc def ghi"', '"client_secret": "[REDACTED]"'),
+        ("Authorization: Basic dXNlcjpwYXNz", "Authorization: Basic [REDACTED]"),
+        ("password: 123456", "password: [REDACTED]"),
         # settings that only mention a secret's kind keep their values
         ("max_tokens=100", "max_tokens=100"),
         ("token_ttl_s=5", "token_ttl_s=5"),
         ("tokenizer=bert", "tokenizer=bert"),
         ("key_column: id", "key_column: id"),
+        ("sort_key=name", "sort_key=name"),
+        ("H2O: basic model families only", "H2O: basic model families only"),
+        (
+            "column 'token': 3 value(s) are not numbers",
+            "column 'token': 3 value(s) are not numbers",
+        ),
+        ("read /data/secret:/mnt", "read /data/secret:/mnt"),
+        ("use_token: true", "use_token: true"),
     ],
 )
 def test_redact_text_masks_prefixed_and_quoted_secret_fields(
@@ -326,3 +345,22 @@ def test_cli_error_message_is_masked_before_it_is_shown(tmp_path, monkeypatch):
 
     assert "abc123secret" not in result.output
     assert "token=[REDACTED]" in result.output
+
+
+def test_redacting_filter_masks_a_traceback_that_carries_a_secret() -> None:
+    from broker.redact import RedactingFilter
+
+    try:
+        raise RuntimeError("auth failed for client_secret=S3CRETVALUE")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord(
+            "azure", logging.ERROR, __file__, 1, "login failed", None, sys.exc_info()
+        )
+
+    assert RedactingFilter().filter(record) is True
+    shown = logging.Formatter().format(record)
+    assert "S3CRETVALUE" not in shown
+    assert shown.startswith("login failed\nTraceback (most recent call last):")
+    assert "RuntimeError: auth failed for client_secret=[REDACTED]" in shown
