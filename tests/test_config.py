@@ -112,13 +112,12 @@ def test_load_config_job_option_in_provider_settings_points_to_the_spec(tmp_path
             "provider 'h2o' setting 'max_mem_gib' must be a number, got 'lots'",
         ),
         (
-            "{azure: {max_nodes: '4'}}",
-            "provider 'azure' setting 'max_nodes' must be a whole number, got '4'; "
-            "write it without quotes",
+            "{azure: {max_nodes: '4.5'}}",
+            "provider 'azure' setting 'max_nodes' must be a whole number, got '4.5'",
         ),
         (
-            "{h2o: {url: 54321}}",
-            "provider 'h2o' setting 'url' must be text, got 54321",
+            "{h2o: {nthreads: yes}}",
+            "provider 'h2o' setting 'nthreads' must be a whole number, got True",
         ),
     ],
 )
@@ -131,6 +130,23 @@ def test_load_config_provider_setting_of_the_wrong_type_is_named(
         load_config(path)
 
     assert str(caught.value) == message
+
+
+def test_provider_settings_read_what_yaml_could_only_write_another_way():
+    from datetime import date
+
+    from broker.providers import provider_settings
+
+    # a project number, a number YAML reads as text (1e3), a quoted whole number
+    assert provider_settings(
+        "vertex", {"project": 123456789012, "poll_interval_s": "1e3"}
+    ) == {"project": "123456789012", "poll_interval_s": 1000.0}
+    assert provider_settings(
+        "azure", {"max_nodes": "4", "staging_prefix": date(2024, 6, 1)}
+    ) == {
+        "max_nodes": 4,
+        "staging_prefix": "2024-06-01",
+    }
 
 
 def test_load_config_unknown_provider_name_is_refused(tmp_path):

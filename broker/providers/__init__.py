@@ -6,6 +6,7 @@ import difflib
 import importlib
 import inspect
 from collections.abc import Mapping
+from datetime import date
 from typing import Any
 
 from broker.errors import ConfigurationError
@@ -94,7 +95,7 @@ def check_provider_settings(name: str, settings: Mapping[str, Any]) -> None:
 
     unknown = [str(key) for key in settings if key not in accepted]
     if not unknown:
-        _check_setting_types(name, settings)
+        provider_settings(name, settings)
         return
 
     problems = []
@@ -126,7 +127,7 @@ def create_provider(name: str, **settings: Any) -> Provider:
         ConfigurationError: `name` is unknown or a setting is not one it takes.
     """
     check_provider_settings(name, settings)
-    return provider_class(name)(**settings)
+    return provider_class(name)(**provider_settings(name, settings))
 
 
 # Plain annotation words, and what a setting's value may be for each.
@@ -145,10 +146,20 @@ _TYPE_WORDS = {
 }
 
 
-def _check_setting_types(name: str, settings: Mapping[str, Any]) -> None:
-    """Refuse a setting whose value is not of its plainly annotated type (a number
-    written in quotes, a word where a number belongs), before the provider sees it."""
+def provider_settings(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`settings` as the provider `name`'s constructor takes them.
+
+    A value a config file could only write another way is read as meant: a project
+    number or a date where text belongs becomes text, a number in quotes (or one YAML
+    read as text, such as 1e3) a number. Anything else of the wrong plain type is
+    refused before the provider sees it.
+
+    Raises:
+        ConfigurationError: a setting's value is not of its type, naming the provider,
+            the setting and the value.
+    """
     parameters = inspect.signature(provider_class(name).__init__).parameters
+    fixed = dict(settings)
     for key, value in settings.items():
         parameter = parameters.get(str(key))
         if parameter is None or not isinstance(parameter.annotation, str):
@@ -156,25 +167,30 @@ def _check_setting_types(name: str, settings: Mapping[str, Any]) -> None:
         words = [w.strip() for w in parameter.annotation.split("|")]
         if not words or any(w not in _SIMPLE_TYPES for w in words):
             continue  # Decimal, Path, a clock...: the provider reads those itself
-        allowed = tuple(t for w in words for t in _SIMPLE_TYPES[w])
-        is_bool = isinstance(value, bool)
-        if isinstance(value, allowed) and (not is_bool or bool in allowed):
-            continue
-        wanted = " or ".join(_TYPE_WORDS[w] for w in words if w != "None")
-        hint = "; write it without quotes" if _quoted_number(value, words) else ""
-        raise ConfigurationError(
-            f"provider {name!r} setting {key!r} must be {wanted}, got {value!r}{hint}"
-        )
+        fixed[key] = _as_setting(name, str(key), value, words)
+    return fixed
 
 
-def _quoted_number(value: Any, words: list[str]) -> bool:
-    if not isinstance(value, str) or not {"int", "float"} & set(words):
-        return False
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
+def _as_setting(name: str, key: str, value: Any, words: list[str]) -> Any:
+    allowed = tuple(t for w in words for t in _SIMPLE_TYPES[w])
+    is_bool = isinstance(value, bool)
+    if isinstance(value, allowed) and (not is_bool or bool in allowed):
+        return value
+    if "str" in words and isinstance(value, int | float | date) and not is_bool:
+        return value.isoformat() if isinstance(value, date) else str(value)
+    if isinstance(value, str) and ("int" in words or "float" in words):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and "float" in words:
+            return number
+        if number is not None and number.is_integer():
+            return int(number)
+    wanted = " or ".join(_TYPE_WORDS[w] for w in words if w != "None")
+    raise ConfigurationError(
+        f"provider {name!r} setting {key!r} must be {wanted}, got {value!r}"
+    )
 
 
 __all__ = [
@@ -188,5 +204,6 @@ __all__ = [
     "accepted_settings",
     "check_provider_settings",
     "create_provider",
+    "provider_settings",
     "provider_class",
 ]
