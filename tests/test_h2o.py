@@ -446,19 +446,39 @@ def test_load_model_refuses_a_mojo_file_outside_the_folder(tmp_path: Path) -> No
 def test_cluster_url_from_the_environment_is_where_jobs_go(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("AUTOML_BROKER_H2O_URL", "http://analyst:pw@127.0.0.1:54321")
+    # nothing is contacted: availability reads the settings only
+    monkeypatch.setenv("AUTOML_BROKER_H2O_URL", "http://analyst:pw@h2o.internal:54321")
 
     provider = H2OProvider()
     configured = H2OProvider(url="http://127.0.0.1:54399")
 
-    assert provider.url == "http://analyst:pw@127.0.0.1:54321"
+    assert provider.url == "http://analyst:pw@h2o.internal:54321"
     # the planner prices a job for a cluster by this source, not as this machine
     assert provider.availability() == Availability(
         True,
-        "H2O cluster at http://***@127.0.0.1:54321",
+        "H2O cluster at http://***@h2o.internal:54321",
         "AUTOML_BROKER_H2O_URL",
     )
-    assert configured.url == "http://127.0.0.1:54399"  # the config's URL comes first
+    # the config's URL comes first; a cluster on this machine is priced as this machine
+    assert configured.url == "http://127.0.0.1:54399"
+    assert configured.availability() == Availability(
+        True, "H2O cluster at http://127.0.0.1:54399", "h2o-cluster-on-this-machine"
+    )
+
+
+def test_malformed_cluster_url_in_the_environment_makes_h2o_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AUTOML_BROKER_H2O_URL", "localhost:54321")
+
+    provider = H2OProvider()  # no error: other providers can still be planned
+
+    assert provider.url is None
+    assert provider.availability() == Availability(
+        False,
+        "AUTOML_BROKER_H2O_URL='localhost:54321' is not an H2O cluster URL; it must "
+        "start with http:// or https://, e.g. http://h2o.internal:54321",
+    )
 
 
 def test_java_missing_makes_provider_unavailable(

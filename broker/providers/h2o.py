@@ -435,6 +435,20 @@ def _activate(connection: Any) -> None:
     sys.modules["h2o.h2o"].h2oconn = connection  # type: ignore[attr-defined]
 
 
+def _is_loopback(url: str) -> bool:
+    """Whether the URL's host is this machine (localhost or a loopback address)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _redact(url: str) -> str:
     return re.sub(r"//[^@/]*@", "//***@", url)
 
@@ -805,8 +819,16 @@ class H2OProvider(Provider):
         local_rate_usd_per_hour: Decimal = Decimal("0"),
         startup_timeout_s: float = 90.0,
     ) -> None:
+        self._env_url_problem: str | None = None
         if url is None:  # the environment may name the cluster instead of the config
             url = os.environ.get(H2O_URL_ENV) or None
+            if url is not None and not re.match(r"^https?://", url):
+                # not an error of this job's settings: H2O is unavailable, and says why
+                self._env_url_problem = (
+                    f"{H2O_URL_ENV}={_redact(url)!r} is not an H2O cluster URL; it must "
+                    "start with http:// or https://, e.g. http://h2o.internal:54321"
+                )
+                url = None
         if url is not None and not re.match(r"^https?://", url):
             raise ConfigurationError(
                 f"H2O url must start with http:// or https://, got {_redact(url)!r}"
@@ -861,11 +883,14 @@ class H2OProvider(Provider):
                 False,
                 "the h2o package is not installed; pip install 'automl-broker[h2o]'",
             )
+        if self._env_url_problem is not None:
+            return Availability(False, self._env_url_problem)
         if self.url is not None:
+            where = f"H2O cluster at {_redact(self.url)}"
+            if _is_loopback(self.url):  # a cluster on this machine is priced as one
+                return Availability(True, where, "h2o-cluster-on-this-machine")
             # the same source as a URL found in the environment: jobs go to that cluster
-            return Availability(
-                True, f"H2O cluster at {_redact(self.url)}", H2O_URL_ENV
-            )
+            return Availability(True, where, H2O_URL_ENV)
         java = find_java()
         if java is None:
             return Availability(False, _java_missing_message())
