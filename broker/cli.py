@@ -541,16 +541,16 @@ def run(
             if candidate.region and candidate.region != "local":
                 parts.append(candidate.region)
             where = " ".join(str(part) for part in parts if part)
-            bar["id"] = progress.add_task(where, total=1.0, detail="submitting")
+            bar["id"] = progress.add_task(escape(where), total=1.0, detail="submitting")
         elif kind == "status" and "id" in bar:
             status = payload["status"]
             done = status.progress if status.progress is not None else 0.0
-            detail = status.message or status.state.value
-            progress.update(bar["id"], completed=min(done, 1.0), detail=detail[:70])
+            detail = _masked(status.message or status.state.value)[:70]
+            progress.update(bar["id"], completed=min(done, 1.0), detail=escape(detail))
         elif kind == "failover" and "id" in bar:
             record = payload["record"]
             progress.update(
-                bar["id"], detail=f"[red]failed over: {escape(record.reason)}"
+                bar["id"], detail=f"[red]failed over: {escape(_masked(record.reason))}"
             )
             progress.stop_task(bar["id"])
         elif kind == "result" and "id" in bar:
@@ -633,7 +633,7 @@ def predict(
     except BrokerError as exc:
         _fail(exc)
         return
-    console.print(f"Wrote {outcome.n} predictions to {outcome.path}")
+    console.print(f"Wrote {outcome.n} predictions to {escape(str(outcome.path))}")
     if outcome.metrics is not None:
         table = Table(
             title=f"Metrics on these rows (n={outcome.metrics.n})", title_justify="left"

@@ -368,6 +368,7 @@ def test_costs_cli_report_on_hand_edited_run_files_is_a_clear_error(
     for out in (missing, garbled):
         assert out.exit_code == 2, out.output
         assert out.exception is None or isinstance(out.exception, SystemExit)
-        assert f"the run files in {folder} are not what the broker writes" in (
-            " ".join(out.output.split())
+        assert (
+            f"the run files in {folder} cannot be read as the broker writes them"
+            in (" ".join(out.output.split()))
         )

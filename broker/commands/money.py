@@ -345,9 +345,10 @@ def report(
         first_line = (str(exc).strip().splitlines() or [""])[0]
         _fail(
             reports.ReportError(
-                f"the run files in {', '.join(str(r) for r in runs)} are not what "
-                f"the broker writes ({type(exc).__name__}: {first_line}); run the job "
-                "again, or restore the folder's result.json and plan.json"
+                f"the run files in {', '.join(str(r) for r in runs)} cannot be read "
+                f"as the broker writes them ({type(exc).__name__}: {first_line}); if "
+                "they were edited, restore result.json and plan.json from a copy; if "
+                "not, please report this with those two files"
             )
         )
         return
