@@ -101,7 +101,7 @@ def test_jobs_cli_list_shows_state_provider_and_cost(home):
     assert out.exit_code == 0, out.output
     [row] = [line for line in out.output.splitlines() if job_id in line]
     # 270 s running at $0.001/s
-    assert "succeeded" in row and "sagemaker" in row and "$0.2700" in row
+    assert "succeeded" in row and "sagemaker" in row and "$0.27" in row
 
 
 def test_jobs_cli_list_rejects_an_unknown_state(home):
@@ -121,7 +121,7 @@ def test_jobs_cli_status_shows_attempts_and_lease(home):
     assert f"Job {job_id}" in out.output
     assert service_job["job_id"] in out.output  # the provider's own job id
     assert ["driven by", "nobody"] in rows(out.output)
-    assert "$0.2700" in out.output
+    assert "$0.27" in out.output
 
 
 def test_jobs_cli_status_of_unknown_job_exits_2_naming_it(home):
@@ -176,7 +176,7 @@ def test_jobs_cli_resume_runs_an_orphan_once_then_finds_nothing(home):
 
     assert first.exit_code == 0, first.output
     [row] = [line for line in first.output.splitlines() if job_id in line]
-    assert "succeeded" in row and "$0.2700" in row
+    assert "succeeded" in row and "$0.27" in row
     assert DurableService(home / "service.db").created_count() == 1
     assert "Nothing to resume" in second.output
 
@@ -279,3 +279,36 @@ def test_jobs_cli_shows_square_brackets_in_user_text_as_written(home):
     assert ["name", "[bold red]nightly[/] [/x]"] in rows(shown.output)
     assert missing.exit_code == 2
     assert "JobNotFoundError: no job '[/x]'" in missing.output
+
+
+def test_jobs_cli_shows_a_fraction_of_a_cent_as_every_command_does(home):
+    from decimal import Decimal
+
+    spec = job_spec(job_entry(home))
+    with JobStore(home / "jobs.db") as store:
+        job = store.create_job(
+            spec=spec.to_dict(), idempotency_key="tiny", run_dir=home / "tiny"
+        )
+        attempt = store.start_attempt(
+            job.job_id,
+            provider="local",
+            machine="this-machine",
+            region="local",
+            quote={},
+            idempotency_key="tiny-1",
+        )
+        store.finish_attempt(
+            attempt.attempt_id, state="succeeded", cost_usd=Decimal("0.0000005")
+        )
+    app = make_app()
+
+    listed = runner.invoke(app, ["list"])
+    logs = runner.invoke(app, ["logs", job.job_id])
+
+    assert listed.exit_code == 0, listed.output
+    # half a micro-dollar rounds up to one, as `costs` shows it; not $0.0000
+    [row] = [line for line in listed.output.splitlines() if job.job_id in line]
+    assert "$0.000001" in row
+    assert logs.exit_code == 0, logs.output
+    assert "5E-7" not in logs.output
+    assert "cost_usd=0.0000005" in "".join(logs.output.split())

@@ -291,7 +291,9 @@ def _events_table(
         if event.to_state is not None:
             before = event.from_state.value if event.from_state else ""
             change = f"{before} -> {event.to_state.value}".strip()
-        detail = ", ".join(f"{k}={v}" for k, v in (event.detail or {}).items())
+        detail = ", ".join(
+            f"{k}={_detail_value(k, v)}" for k, v in (event.detail or {}).items()
+        )
         table.add_row(
             f"{event.at:%Y-%m-%d %H:%M:%S}",
             event.kind,
@@ -385,8 +387,21 @@ def _state_text(record: JobRecord) -> str:
 
 
 def _usd(value: Any) -> str:
+    """Dollars as every command shows them: at least two decimals, up to a millionth."""
     from decimal import Decimal
 
-    if value is None:
-        return "-"
-    return f"${Decimal(str(value)).quantize(Decimal('0.0001'))}"
+    from broker.commands.money import _usd as shown
+
+    return shown(None if value is None else Decimal(str(value)))
+
+
+def _detail_value(key: str, value: Any) -> str:
+    """An event detail's value; amounts of money in plain decimals, not 5E-7."""
+    if key.endswith("_usd") and value is not None:
+        from decimal import Decimal, InvalidOperation
+
+        try:
+            return f"{Decimal(str(value)):f}"
+        except InvalidOperation:
+            return str(value)
+    return str(value)
