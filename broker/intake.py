@@ -402,9 +402,29 @@ def load_dataset(spec: JobSpec) -> Dataset:
             the task.
     """
     frame, renamed = read_table(spec.data, delimiter=spec.delimiter)
-    frame, schema = build_schema(
-        frame, target=spec.target, task=spec.task, ignore=spec.ignore, renamed=renamed
-    )
+    sep = frame.attrs.get(DELIMITER_ATTR)
+    columns = [str(c) for c in frame.columns]
+    try:
+        frame, schema = build_schema(
+            frame,
+            target=spec.target,
+            task=spec.task,
+            ignore=spec.ignore,
+            renamed=renamed,
+        )
+    except (TargetSingleClassError, TargetMissingError) as exc:
+        hint = _missing_spelling_hint(spec, sep, columns)
+        if not hint:
+            raise
+        if isinstance(exc, TargetSingleClassError):
+            raise TargetSingleClassError(
+                f"{exc}; {hint}", column=exc.column, value=exc.value
+            ) from None
+        raise TargetMissingError(f"{exc}; {hint}") from None
+    if schema.dropped_target_rows:
+        hint = _missing_spelling_hint(spec, sep, columns)
+        if hint:
+            warnings.warn(hint, DataWarning, stacklevel=2)
     if spec.metric is not None:
         _check_metric_fits(spec.metric, schema.task)
 
@@ -416,6 +436,49 @@ def load_dataset(spec: JobSpec) -> Dataset:
         schema.task.value,
     )
     return Dataset(frame=frame, schema=schema, source=spec.data_label)
+
+
+def _missing_spelling_hint(spec: JobSpec, sep: str | None, columns: list[str]) -> str:
+    """Which words in the file's target column were read as missing values (pandas
+    reads NA, N/A, null, None, NaN and others so), for a label such as "NA" (North
+    America) that was meant; "" when none, or when the data is not a file."""
+    if not isinstance(spec.data, Path) or sep is None:
+        return ""
+    target = spec.target.strip()
+    if target not in columns:
+        return ""
+    try:
+        text = _decode(_read_bytes(spec.data), spec.data)
+        read = {
+            keep: pd.read_csv(
+                io.StringIO(text),
+                sep=sep,
+                header=0,
+                names=columns,
+                usecols=[target],
+                dtype=str,
+                keep_default_na=keep,
+                index_col=False,
+            )[target]
+            for keep in (False, True)
+        }
+    except Exception:  # the hint is a courtesy: never fail the read for it
+        return ""
+    words = sorted(
+        {
+            raw.strip()
+            for raw, parsed in zip(read[False], read[True], strict=True)
+            if isinstance(raw, str) and raw.strip() and pd.isna(parsed)
+        }
+    )
+    if not words:
+        return ""
+    shown = ", ".join(repr(w) for w in words[:5])
+    return (
+        f"the target {target!r} was read as missing where it is written {shown}, "
+        f"spellings of a missing value; if one is a label, write it another way (such "
+        f"as 'N.A.') or pass the table as a DataFrame"
+    )
 
 
 def build_schema(

@@ -935,3 +935,28 @@ def test_spec_file_data_path_missing_names_the_spec_folder_rule(tmp_path: Path) 
     assert str(tmp_path / "specs" / "data" / "adult.csv") in message
     assert "read from the spec file's folder" in message
     assert "current folder" not in message
+
+
+def test_a_label_read_as_missing_is_named_with_the_way_out(tmp_path: Path) -> None:
+    # "NA" (North America) is one of the spellings pandas reads as a missing value
+    text = "x,region\n" + "".join(
+        f"{i % 3},{'NA' if i % 2 else 'EU'}\n" for i in range(20)
+    )
+
+    with pytest.raises(TargetSingleClassError) as caught:
+        load_dataset(JobSpec(data=_write(tmp_path, text), target="region"))
+
+    assert str(caught.value).endswith(
+        "add rows of another class; the target 'region' was read as missing where it "
+        "is written 'NA', spellings of a missing value; if one is a label, write it "
+        "another way (such as 'N.A.') or pass the table as a DataFrame"
+    )
+
+    text += "1,AS\n"
+    with pytest.warns(DataWarning) as caught_warnings:
+        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="region"))
+    messages = [str(w.message) for w in caught_warnings]
+    assert messages[-1].startswith(
+        "the target 'region' was read as missing where it is written 'NA'"
+    )
+    assert dataset.schema.classes == ("AS", "EU")
