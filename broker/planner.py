@@ -10,7 +10,7 @@ what every provider would have cost even when none of the clouds has credentials
 local backend is always a candidate when the job fits this machine's memory; it is
 priced from the local rate the user sets (``AUTOML_BROKER_LOCAL_RATE``; by default about
 $0.20/h, power plus amortisation of a workstation: ``DEFAULT_LOCAL_USD_PER_HOUR``) and
-ranks after the clouds when the costs tie.
+ranks before the clouds when the costs tie, so the data stays home.
 
 Example:
     >>> from broker.schema import Schema

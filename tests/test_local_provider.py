@@ -345,6 +345,38 @@ def test_local_provider_ray_address_without_ray_is_unavailable_at_submit(
     assert provider.find_by_idempotency_key("key-1") is None
 
 
+def test_local_provider_trains_here_when_the_ray_cluster_cannot_be_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from broker.testing.ray_fake import FakeRayCluster
+
+    cluster = FakeRayCluster(cpus=1)  # Ray "installed"; nothing at the address asked
+    monkeypatch.setitem(sys.modules, "ray", cluster.module())
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        address = f"ray://127.0.0.1:{spare.getsockname()[1]}"
+    provider = LocalProvider(space=_space())
+    job = _job(tmp_path, options={"ray_address": address, "max_trials": 2})
+
+    try:
+        ref = provider.submit(job)
+        states = [s.state for s in _wait(provider, ref)]
+        result = provider.result(ref, job)
+    finally:
+        cluster.close()
+
+    assert states[-1] == JobState.SUCCEEDED
+    assert result.provider_units["trials"] == 2
+    assert cluster.init_calls == []  # Ray was never asked to connect
+    assert result.notes[0] == (
+        f"the Ray cluster at {address} cannot be reached (ConnectionRefusedError: "
+        "[Errno 111] Connection refused); the search trained on this machine"
+    )
+
+
 def test_local_provider_ensemble_note_names_what_the_weights_were_chosen_from() -> None:
     from types import SimpleNamespace
 

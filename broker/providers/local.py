@@ -105,6 +105,7 @@ class _Run:
     model_path: Path | None = None
     error: Exception | None = None
     resume: ResumeState | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 class LocalProvider(Provider):
@@ -156,6 +157,7 @@ class LocalProvider(Provider):
                 return self._runs[known].ref
 
         options = self._options(job)
+        options, notes = _ray_or_here(options)
         metric = job.spec.metric_for(job.schema.task)
         resume = _read_resume(job)
         ref = ProviderJobRef(
@@ -172,6 +174,7 @@ class LocalProvider(Provider):
             submitted_at=_now(),
             resume=resume,
             trials_done=len(resume.trials) if resume else 0,
+            notes=notes,
         )
         run.thread = threading.Thread(
             target=self._search, args=(run,), name=f"{ref.job_id}-search", daemon=False
@@ -262,7 +265,7 @@ class LocalProvider(Provider):
             },
             actual_cost_usd=None,
             runtime_s=search.elapsed_s,
-            notes=list(search.notes),
+            notes=[*run.notes, *search.notes],
         )
 
     def predict(
@@ -520,6 +523,28 @@ def _read_resume(job: ProviderJob) -> ResumeState | None:
             exc,
         )
         return None
+
+
+def _ray_or_here(options: SearchOptions) -> tuple[SearchOptions, list[str]]:
+    """`options`, or without `ray_address` when nothing at that address answers as a
+    Ray cluster (within the check's five seconds): the job then trains here, and the
+    note says why, rather than failing or waiting on Ray's own retries."""
+    if not options.ray_address:
+        return options, []
+    from dataclasses import replace
+
+    from broker.local.cluster import probe_address
+
+    try:
+        probe_address(options.ray_address)
+    except OSError as exc:  # ConnectionError included
+        note = (
+            f"the Ray cluster at {options.ray_address} cannot be reached "
+            f"({type(exc).__name__}: {exc}); the search trained on this machine"
+        )
+        logger.warning("%s", note)
+        return replace(options, ray_address=None), [note]
+    return options, []
 
 
 def _feature_kinds(job: ProviderJob) -> tuple[list[str], list[str]]:
