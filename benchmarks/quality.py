@@ -24,7 +24,7 @@ again skips the cells already there. The report (``quality.md``, ``quality.json`
 
 Usage::
 
-    scripts/benchmark-quality.sh                      # everything (about 17 hours)
+    scripts/benchmark-quality.sh                      # everything (about ten hours)
     scripts/benchmark-quality.sh --datasets blood-transfusion --seeds 0 \\
         --budgets 60 --out /tmp/quality-smoke          # a smoke run, about 3.5 minutes
 """
