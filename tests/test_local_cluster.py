@@ -301,11 +301,12 @@ def test_ray_search_cancelled_stops_the_trials_on_the_cluster_at_their_next_epoc
         seen.append(outcome.config["batch_size"])
         stop.set()
 
-    # a trial of large batches ends long before one of batches of two
+    # on 2,000 rows a trial of batches of 100 ends long before one of batches of two
+    # (each epoch of which is 800 steps), whatever the board's round trips cost
     batches = SearchSpace(params={"batch_size": Categorical([100, 2])}, fixed=SMALL)
 
     result = _search(
-        _frame(),
+        _frame(2000),
         stop_event=stop,
         on_trial=on_trial,
         space=batches,
