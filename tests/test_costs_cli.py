@@ -140,6 +140,18 @@ def ledger(tmp_path: Path) -> Path:
     return tmp_path / "jobs.db"
 
 
+def spend_cells(output: str) -> dict[str, list[str]]:
+    """The `costs` table: each project's six cells after its name."""
+    return {
+        row[0]: row[1:7]
+        for row in (
+            [c.strip() for c in line.split("│")[1:-1]]
+            for line in output.splitlines()
+            if line.count("│") > 3
+        )
+    }
+
+
 def test_costs_cli_shows_spend_against_monthly_budget(
     app: typer.Typer, tmp_path: Path
 ) -> None:
@@ -155,14 +167,7 @@ def test_costs_cli_shows_spend_against_monthly_budget(
     )
 
     assert result.exit_code == 0, result.output
-    cells = {
-        row[0]: row[1:7]
-        for row in (
-            [c.strip() for c in line.split("│")[1:-1]]
-            for line in result.output.splitlines()
-            if line.count("│") > 3
-        )
-    }
+    cells = spend_cells(result.output)
     # research: $1.75 actual of its own $5.00 budget, $3.25 left, 35.0% used
     assert cells["research"] == ["2", "$4.00", "$1.75", "$5.00", "$3.25", "35.0%"]
     # all projects together: $10.753278 of the $8.00 budget, over by $2.753278
@@ -337,14 +342,7 @@ def test_costs_cli_shown_actual_and_left_add_up_to_the_budget(
     )
 
     assert result.exit_code == 0, result.output
-    cells = {
-        row[0]: row[1:7]
-        for row in (
-            [c.strip() for c in line.split("│")[1:-1]]
-            for line in result.output.splitlines()
-            if line.count("│") > 3
-        )
-    }
+    cells = spend_cells(result.output)
     # $0.0327835 shows as $0.032784, so $0.017216 is left, not $0.017217
     assert cells["lab"][2:5] == ["$0.032784", "$0.05", "$0.017216"]
     assert cells["big"][3].startswith("$10000000000")  # a huge budget, no error
