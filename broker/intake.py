@@ -31,7 +31,7 @@ import os
 import re
 import unicodedata
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -404,6 +404,7 @@ def load_dataset(spec: JobSpec) -> Dataset:
     frame, renamed = read_table(spec.data, delimiter=spec.delimiter)
     sep = frame.attrs.get(DELIMITER_ATTR)
     columns = [str(c) for c in frame.columns]
+    parsed = frame[spec.target.strip()] if spec.target.strip() in columns else None
     try:
         frame, schema = build_schema(
             frame,
@@ -413,7 +414,7 @@ def load_dataset(spec: JobSpec) -> Dataset:
             renamed=renamed,
         )
     except (TargetSingleClassError, TargetMissingError) as exc:
-        hint = _missing_spelling_hint(spec, sep, columns)
+        hint = _missing_spelling_hint(spec, sep, columns, parsed)
         if not hint:
             raise
         if isinstance(exc, TargetSingleClassError):
@@ -422,7 +423,7 @@ def load_dataset(spec: JobSpec) -> Dataset:
             ) from None
         raise TargetMissingError(f"{exc}; {hint}") from None
     if schema.dropped_target_rows:
-        hint = _missing_spelling_hint(spec, sep, columns)
+        hint = _missing_spelling_hint(spec, sep, columns, parsed)
         if hint:
             warnings.warn(hint, DataWarning, stacklevel=2)
     if spec.metric is not None:
@@ -438,37 +439,40 @@ def load_dataset(spec: JobSpec) -> Dataset:
     return Dataset(frame=frame, schema=schema, source=spec.data_label)
 
 
-def _missing_spelling_hint(spec: JobSpec, sep: str | None, columns: list[str]) -> str:
+def _missing_spelling_hint(
+    spec: JobSpec, sep: str | None, columns: list[str], parsed: pd.Series | None
+) -> str:
     """Which words in the file's target column were read as missing values (pandas
     reads NA, N/A, null, None, NaN and others so), for a label such as "NA" (North
-    America) that was meant; "" when none, or when the data is not a file."""
-    if not isinstance(spec.data, Path) or sep is None:
+    America) that was meant; "" when none, or when the data is not a file.
+
+    `parsed`: the target column as read; the file's text for it is read again, as
+    written, only here (when rows of the target were missing).
+    """
+    if not isinstance(spec.data, Path) or sep is None or parsed is None:
         return ""
-    target = spec.target.strip()
-    if target not in columns:
-        return ""
+    target = str(parsed.name)
     try:
         text = _decode(_read_bytes(spec.data), spec.data)
-        read = {
-            keep: pd.read_csv(
-                io.StringIO(text),
-                sep=sep,
-                header=0,
-                names=columns,
-                usecols=[target],
-                dtype=str,
-                keep_default_na=keep,
-                index_col=False,
-            )[target]
-            for keep in (False, True)
-        }
+        written = pd.read_csv(
+            io.StringIO(text),
+            sep=sep,
+            header=0,
+            names=columns,
+            usecols=[target],
+            dtype=str,
+            keep_default_na=False,
+            index_col=False,
+        )[target]
     except Exception:  # the hint is a courtesy: never fail the read for it
+        return ""
+    if len(written) != len(parsed):
         return ""
     words = sorted(
         {
             raw.strip()
-            for raw, parsed in zip(read[False], read[True], strict=True)
-            if isinstance(raw, str) and raw.strip() and pd.isna(parsed)
+            for raw, value in zip(written, parsed, strict=True)
+            if isinstance(raw, str) and raw.strip() and pd.isna(value)
         }
     )
     if not words:
@@ -603,7 +607,7 @@ def _read_grouped_numbers(
         if not all(isinstance(v, str) for v in present.iloc[:_TYPE_SAMPLE]):
             continue
         if decimal_comma and _all_european_numbers(present):
-            frame[name] = _european_as_numbers(values)
+            frame[name] = _to_numbers(values, _european)
             european.append(name)
             continue
         if _all_decimal_commas(present):
@@ -615,11 +619,7 @@ def _read_grouped_numbers(
             continue
         if not any("," in v for v in present):
             continue  # plain numbers as text: typing reads those already
-        frame[name] = pd.to_numeric(
-            values.map(
-                lambda v: v.strip().replace(",", "") if isinstance(v, str) else v
-            )
-        ).astype(np.float64)
+        frame[name] = _to_numbers(values, _ungrouped)
         converted.append(name)
 
     if european:
@@ -661,9 +661,9 @@ def _target_as_numbers(
     if not all(isinstance(v, str) for v in labels) or not any("," in v for v in labels):
         return None
     if decimal_comma and _all_european_numbers(labels):
-        return _european_as_numbers(labels), "with a decimal comma (such as '7,5')"
+        return _to_numbers(labels, _european), "with a decimal comma (such as '7,5')"
     if _all_numbers_as_text(labels):
-        return _text_as_numbers(labels), (
+        return _to_numbers(labels, _ungrouped), (
             "with thousands separators (such as '1,234,567'); the commas were removed"
         )
     return None
@@ -680,16 +680,10 @@ def _all_european_numbers(values: pd.Series) -> bool:
     )
 
 
-def _european_as_numbers(values: pd.Series) -> pd.Series:
-    return pd.to_numeric(
-        values.map(
-            lambda v: (
-                v.strip().replace(".", "").replace(",", ".")
-                if isinstance(v, str)
-                else v
-            )
-        )
-    ).astype(np.float64)
+def _to_numbers(values: pd.Series, read: Callable[[Any], Any]) -> pd.Series:
+    """`values` as float64, each text first rewritten by `read` (`_ungrouped` or
+    `_european`)."""
+    return pd.to_numeric(values.map(read)).astype(np.float64)
 
 
 def _spelled_as_written(
@@ -724,18 +718,8 @@ def _as_number(value: Any, decimal_comma: bool = False) -> float | None:
         return None
     if isinstance(value, int | float | np.number):
         return float(value)
-    text = str(value).strip()
-    if decimal_comma and "," in text and _EUROPEAN_NUMBER.match(text):
-        return float(text.replace(".", "").replace(",", "."))
-    if _GROUPED_NUMBER.match(text) or _PLAIN_NUMBER.match(text):
-        return float(text.replace(",", ""))
-    return None
-
-
-def _text_as_numbers(values: pd.Series) -> pd.Series:
-    return pd.to_numeric(values.map(lambda v: v.strip().replace(",", ""))).astype(
-        np.float64
-    )
+    text = (_european if decimal_comma else _ungrouped)(str(value))
+    return float(text) if _PLAIN_NUMBER.match(text) else None
 
 
 def _all_decimal_commas(values: pd.Series) -> bool:
@@ -1431,11 +1415,12 @@ def _finite(numbers: pd.Series, name: str) -> pd.Series:
 
 
 def _european(value: Any) -> Any:
-    """A text number with a decimal comma ("7.876,63") as "7876.63"; else as it is."""
+    """A text number written with a decimal comma and dots grouping thousands
+    ("7.876,63", "1.500") as "7876.63", "1500"; else as `_ungrouped` reads it."""
     if not isinstance(value, str):
         return value
     value = value.strip()
-    if "," in value and _EUROPEAN_NUMBER.match(value):
+    if _EUROPEAN_NUMBER.match(value):
         return value.replace(".", "").replace(",", ".")
     return _ungrouped(value)
 

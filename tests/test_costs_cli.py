@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
+from _ledger import finished_job
 from typer.testing import CliRunner
 
 from broker import reports
@@ -118,23 +119,14 @@ def ledger(tmp_path: Path) -> Path:
         ("ops", "9"),
         ("local", "0.003278"),
     ):
-        job = store.create_job(
-            spec={"usd": usd, "project": project},
-            idempotency_key=f"{project}-{usd}",
-            run_dir=None,
+        finished_job(
+            store,
+            f"{project}-{usd}",
+            usd,
             project=project,
-        )
-        attempt = store.start_attempt(
-            job.job_id,
+            spec={"usd": usd, "project": project},
+            quote_usd="2.00",
             provider="sagemaker",
-            machine="ml.m5.large",
-            region="us-east-1",
-            quote={},
-            idempotency_key=f"{project}-{usd}-1",
-        )
-        store.record_spend(attempt.attempt_id, kind="quote", usd=Decimal("2.00"))
-        store.finish_attempt(
-            attempt.attempt_id, state="succeeded", cost_usd=Decimal(usd)
         )
     store.close()
     return tmp_path / "jobs.db"
@@ -287,18 +279,7 @@ def test_costs_cli_shows_a_project_named_in_square_brackets_as_written(
     app: typer.Typer, tmp_path: Path
 ) -> None:
     store = JobStore(tmp_path / "jobs.db", clock=FakeClock())
-    job = store.create_job(
-        spec={}, idempotency_key="brackets", run_dir=None, project="[/]ops[b]"
-    )
-    attempt = store.start_attempt(
-        job.job_id,
-        provider="sagemaker",
-        machine="ml.m5.large",
-        region="us-east-1",
-        quote={},
-        idempotency_key="brackets-1",
-    )
-    store.finish_attempt(attempt.attempt_id, state="succeeded", cost_usd=Decimal("1"))
+    finished_job(store, "brackets", "1", project="[/]ops[b]")
     store.close()
     month = FakeClock().now().strftime("%Y-%m")
 
@@ -315,20 +296,7 @@ def test_costs_cli_shown_actual_and_left_add_up_to_the_budget(
 ) -> None:
     store = JobStore(tmp_path / "jobs.db", clock=FakeClock())
     for project, usd in (("lab", "0.0327835"), ("big", "1")):
-        job = store.create_job(
-            spec={}, idempotency_key=project, run_dir=None, project=project
-        )
-        attempt = store.start_attempt(
-            job.job_id,
-            provider="local",
-            machine="this-machine",
-            region="local",
-            quote={},
-            idempotency_key=f"{project}-1",
-        )
-        store.finish_attempt(
-            attempt.attempt_id, state="succeeded", cost_usd=Decimal(usd)
-        )
+        finished_job(store, project, usd, project=project)
     store.close()
     config = tmp_path / "config.yaml"
     config.write_text("monthly_budget_usd: {lab: 0.05, big: 1e30}\n")

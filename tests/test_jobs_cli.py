@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
+from _ledger import finished_job
 from typer.testing import CliRunner
 
 from broker.commands.jobs import register
@@ -282,32 +283,17 @@ def test_jobs_cli_shows_square_brackets_in_user_text_as_written(home):
 
 
 def test_jobs_cli_shows_a_fraction_of_a_cent_as_every_command_does(home):
-    from decimal import Decimal
-
     spec = job_spec(job_entry(home))
     with JobStore(home / "jobs.db") as store:
-        job = store.create_job(
-            spec=spec.to_dict(), idempotency_key="tiny", run_dir=home / "tiny"
-        )
-        attempt = store.start_attempt(
-            job.job_id,
-            provider="local",
-            machine="this-machine",
-            region="local",
-            quote={},
-            idempotency_key="tiny-1",
-        )
-        store.finish_attempt(
-            attempt.attempt_id, state="succeeded", cost_usd=Decimal("0.0000005")
-        )
+        job_id = finished_job(store, "tiny", "0.0000005", spec=spec.to_dict())
     app = make_app()
 
     listed = runner.invoke(app, ["list"])
-    logs = runner.invoke(app, ["logs", job.job_id])
+    logs = runner.invoke(app, ["logs", job_id])
 
     assert listed.exit_code == 0, listed.output
     # half a micro-dollar rounds up to one, as `costs` shows it; not $0.0000
-    [row] = [line for line in listed.output.splitlines() if job.job_id in line]
+    [row] = [line for line in listed.output.splitlines() if job_id in line]
     assert "$0.000001" in row
     assert logs.exit_code == 0, logs.output
     assert "5E-7" not in logs.output

@@ -78,25 +78,28 @@ def accepted_settings(name: str) -> list[str] | None:
     ]
 
 
-def check_provider_settings(name: str, settings: Mapping[str, Any]) -> None:
-    """Refuse settings that the provider `name` does not take, naming a close match.
+def check_provider_settings(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Refuse settings that the provider `name` does not take, naming a close match, or
+    whose values are not of their type (see :func:`provider_settings`).
 
     Args:
         name: A provider name.
         settings: The keyword settings meant for its constructor.
 
+    Returns:
+        The settings as the constructor takes them.
+
     Raises:
         ConfigurationError: `name` is unknown, or a setting is not a constructor
-            argument of the provider.
+            argument of the provider or not of its type.
     """
     accepted = accepted_settings(name)
     if accepted is None:
-        return
+        return dict(settings)
 
     unknown = [str(key) for key in settings if key not in accepted]
     if not unknown:
-        provider_settings(name, settings)
-        return
+        return provider_settings(name, settings)
 
     problems = []
     for key in unknown:
@@ -126,8 +129,7 @@ def create_provider(name: str, **settings: Any) -> Provider:
     Raises:
         ConfigurationError: `name` is unknown or a setting is not one it takes.
     """
-    check_provider_settings(name, settings)
-    return provider_class(name)(**provider_settings(name, settings))
+    return provider_class(name)(**check_provider_settings(name, settings))
 
 
 # Plain annotation words, and what a setting's value may be for each.

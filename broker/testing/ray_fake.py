@@ -27,12 +27,12 @@ from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
+from broker.local.cluster import HTTP2_EMPTY_SETTINGS, HTTP2_PREFACE
+
 _CLUSTERS: dict[int, FakeRayCluster] = {}
-# an HTTP/2 client's preface and empty SETTINGS frame; a server's empty SETTINGS frame
-_CLIENT_OPENING = (
-    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-)
-_SERVER_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+# what the search's address check sends, and the empty SETTINGS frame a server answers
+_CLIENT_OPENING = HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS
+_SERVER_SETTINGS = HTTP2_EMPTY_SETTINGS
 _NEXT_CLUSTER = itertools.count(1)
 
 
