@@ -5,7 +5,9 @@ Measures, on this machine:
 - planning time over the shipped catalogs, and over a synthetic catalog of 10,000
   machine-region rows;
 - the broker's time per status poll against a scripted fake provider, beside the fake's
-  own time per poll.
+  own time per poll;
+- the time to read and type adult.csv (48,842 rows) from ../shared/datasets, where that
+  folder is present.
 
 Run: ``.venv/bin/python benchmarks/overhead.py`` (writes benchmarks/results/overhead.json
 and overhead.md).
@@ -25,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+ADULT = ROOT.parent / "shared" / "datasets" / "adult.csv"
 
 
 def help_times(repeats: int = 7) -> list[float]:
@@ -33,6 +36,20 @@ def help_times(repeats: int = 7) -> list[float]:
     for _ in range(repeats):
         started = time.perf_counter()
         subprocess.run([str(exe), "--help"], check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def intake_times(repeats: int = 5) -> list[float]:
+    """Seconds to read, check and type adult.csv, as a job's intake does."""
+    from broker.intake import load_dataset
+    from broker.spec import JobSpec
+
+    spec = JobSpec(data=ADULT, target="class")
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        load_dataset(spec)
         times.append(time.perf_counter() - started)
     return times
 
@@ -174,6 +191,8 @@ def main() -> None:
     broker_poll_s, fake_poll_s = poll_times()
     results["poll_broker_s"] = broker_poll_s
     results["poll_fake_s"] = fake_poll_s
+    if ADULT.is_file():
+        results["intake_adult_s"] = intake_times()
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "overhead.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -196,8 +215,14 @@ def main() -> None:
         f"| one status poll, broker loop (store write included) | "
         f"{broker_poll_s * 1000:.2f} ms | |",
         f"| one status poll, the fake alone | {fake_poll_s * 1000:.3f} ms | |",
-        "",
     ]
+    if "intake_adult_s" in results:
+        lines.append(
+            f"| read and type adult.csv (48,842 rows) | "
+            f"{med(results['intake_adult_s']) * 1000:.0f} ms | "
+            f"{max(results['intake_adult_s']) * 1000:.0f} ms |"
+        )
+    lines.append("")
     (RESULTS / "overhead.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

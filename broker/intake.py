@@ -33,6 +33,7 @@ import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +88,8 @@ DELIMITER_ATTR = "broker_delimiter"
 _EUROPEAN_NUMBER = re.compile(r"^[+-]?(?:\d{1,3}(?:\.\d{3})+|\d+)(?:,\d+)?$")
 _DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
 _PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+# "12.5%", "12,5 %": a number followed by a percent sign
+_PERCENT = re.compile(r"^(\S.*?)\s*%$")
 _TRANSLITERATE = str.maketrans(
     {"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "OE",
      "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th", "Þ": "Th"}
@@ -590,13 +593,16 @@ def _read_grouped_numbers(
     In a semicolon-separated table (`decimal_comma`) the comma is the decimal mark and
     the dot groups thousands ("7.876,63"), as where such files are usual; elsewhere
     the comma groups thousands ("1,234,567", "1,234.5"), and a column whose commas
-    only a decimal mark explains ("0,5") stays text, with a DataWarning saying so."""
+    only a decimal mark explains ("0,5") stays text, with a DataWarning saying so.
+    A column of percentages ("12.5%") becomes their fractions (0.125)."""
     # TODO(decimal-locale): a semicolon table's column of dot-grouped numbers with no
     # comma at all ("1.500") is read by pandas as 1.5 before this sees it; a spec option
     # naming the decimal mark would settle it, as no value can.
     converted: list[str] = []
     european: list[str] = []
+    percentages: list[str] = []
     decimal_commas: list[str] = []
+    read = _percent(_european if decimal_comma else _ungrouped)
     for name in names:
         values = frame[name]
         if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
@@ -609,6 +615,10 @@ def _read_grouped_numbers(
         if decimal_comma and _all_european_numbers(present):
             frame[name] = _to_numbers(values, _european)
             european.append(name)
+            continue
+        if _all_percentages(present, read):
+            frame[name] = _to_numbers(values, read)
+            percentages.append(name)
             continue
         if _all_decimal_commas(present):
             decimal_commas.append(name)
@@ -627,6 +637,13 @@ def _read_grouped_numbers(
             f"read column(s) {', '.join(repr(n) for n in european)} as numbers written "
             f"with a decimal comma (such as '7.876,63' for 7876.63), as is usual in "
             f"semicolon-separated files",
+            DataWarning,
+            stacklevel=4,
+        )
+    if percentages:
+        warnings.warn(
+            f"read column(s) {', '.join(repr(n) for n in percentages)} as percentages "
+            f"(such as '12.5%' for 0.125)",
             DataWarning,
             stacklevel=4,
         )
@@ -731,6 +748,14 @@ def _all_decimal_commas(values: pd.Series) -> bool:
     if not all(_DECIMAL_COMMA.match(t) or _PLAIN_NUMBER.match(t) for t in texts):
         return False
     return any("," in t and _GROUPED_NUMBER.match(t) is None for t in texts)
+
+
+def _all_percentages(values: pd.Series, read: Callable[[Any], Any]) -> bool:
+    """Every value is text holding a number with a percent sign ("12.5%", "-3 %")."""
+    return all(
+        isinstance(v, str) and _PERCENT.match(v.strip()) and isinstance(read(v), float)
+        for v in values
+    )
 
 
 def _all_grouped_numbers(values: pd.Series) -> bool:
@@ -1386,7 +1411,8 @@ def _numeric_values(
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return _finite(values.astype(np.float64), name)
 
-    text = values.astype(object).map(_european if decimal_comma else _ungrouped)
+    read = _percent(_european if decimal_comma else _ungrouped)
+    text = values.astype(object).map(read)
     numbers = pd.to_numeric(text, errors="coerce").astype(np.float64)
     bad = numbers.isna() & values.notna()
     if bad.any():
@@ -1423,6 +1449,22 @@ def _european(value: Any) -> Any:
     if _EUROPEAN_NUMBER.match(value):
         return value.replace(".", "").replace(",", ".")
     return _ungrouped(value)
+
+
+def _percent(read: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`read`, that also takes a percentage ("12.5%", "1,250 %") to its fraction as a
+    float (0.125, 12.5), exactly as the decimal text divided by 100 rounds."""
+
+    def read_percent(value: Any) -> Any:
+        if isinstance(value, str):
+            match = _PERCENT.match(value.strip())
+            if match is not None:
+                number = read(match.group(1))
+                if isinstance(number, str) and _PLAIN_NUMBER.match(number):
+                    return float(Decimal(number) / 100)
+        return read(value)
+
+    return read_percent
 
 
 def _ungrouped(value: Any) -> Any:

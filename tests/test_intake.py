@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import re
-import time
 import warnings
 from pathlib import Path
 
@@ -609,13 +608,12 @@ def test_split_holdout_refuses_a_table_too_small_to_score() -> None:
 
 
 def test_load_dataset_adult_types_and_counts(shared_datasets: Path) -> None:
-    started = time.perf_counter()
+    # its speed is measured in benchmarks/overhead.py, not here
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)
         dataset = load_dataset(
             JobSpec(data=shared_datasets / "adult.csv", target="class")
         )
-    elapsed = time.perf_counter() - started
 
     schema = dataset.schema
     kinds = [c.kind for c in schema.features]
@@ -627,7 +625,6 @@ def test_load_dataset_adult_types_and_counts(shared_datasets: Path) -> None:
     assert schema.class_counts == {"<=50K": 37155, ">50K": 11687}
     assert schema.positive_class == ">50K"
     assert schema.to_safe["education-num"] == "education_num"
-    assert elapsed < 2.0
     dtypes = to_safe_frame(dataset.frame, schema).dtypes
     assert (dtypes == np.float64).sum() == 6
     assert [str(t) for t in dtypes].count("object") == 8 + 1  # categoricals, target
@@ -918,6 +915,57 @@ def test_to_safe_frame_reads_thousands_separators_in_holdout_rows() -> None:
 
     assert safe["x"].tolist()[:2] == [1234.5, 12.0]
     assert np.isnan(safe["x"].iloc[2])
+
+
+def test_percentages_are_read_as_their_fractions(tmp_path: Path) -> None:
+    text = "rate,share,label,y\n"
+    rows = [
+        ("12.5%", "1,250 %", "5% off", 0),
+        ("7%", "-3%", "none", 1),
+        ("100%", "0.5%", "5% off", 0),
+        ("", "2%", "none", 1),
+        ("0%", "40%", "5% off", 0),
+        ("33.3%", "1%", "none", 1),
+    ]
+    text += "".join(f'{a},"{b}",{c},{y}\n' for a, b, c, y in rows)
+
+    with pytest.warns(DataWarning) as caught:
+        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
+
+    assert [str(w.message) for w in caught if "percent" in str(w.message)] == [
+        "read column(s) 'rate', 'share' as percentages (such as '12.5%' for 0.125)"
+    ]
+    kinds = {c.name: c.kind for c in dataset.schema.columns}
+    assert kinds["rate"] == ColumnKind.NUMERIC
+    assert kinds["label"] == ColumnKind.CATEGORICAL
+    rate = dataset.frame["rate"].tolist()
+    assert rate[:3] == [0.125, 0.07, 1.0] and np.isnan(rate[3])
+    assert rate[4:] == [0.0, 0.333]
+    assert dataset.frame["share"].tolist() == [12.5, -0.03, 0.005, 0.02, 0.4, 0.01]
+
+    # held-out rows are read the same way; a bare number stays as written
+    holdout = pd.DataFrame(
+        {
+            "rate": ["50%", "0.2", "n/a %"],
+            "share": ["1%"] * 3,
+            "label": ["none"] * 3,
+            "y": [0, 1, 0],
+        }
+    )
+    with pytest.warns(DataWarning, match=r"column 'rate': 1 value\(s\).*'n/a %'"):
+        safe = to_safe_frame(holdout, dataset.schema)
+    assert safe["rate"].tolist()[:2] == [0.5, 0.2]
+    assert np.isnan(safe["rate"].iloc[2])
+
+
+def test_semicolon_table_percentages_with_a_decimal_comma(tmp_path: Path) -> None:
+    values = ["12,5%", "1.250,5 %", "3%", "0,1%", "7,25%", "50%"]
+    text = "p;y\n" + "".join(f"{v};{i % 2}\n" for i, v in enumerate(values))
+
+    with pytest.warns(DataWarning, match="read column\\(s\\) 'p' as percentages"):
+        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
+
+    assert dataset.frame["p"].tolist() == [0.125, 12.505, 0.03, 0.001, 0.0725, 0.5]
 
 
 def test_spec_file_data_path_missing_names_the_spec_folder_rule(tmp_path: Path) -> None:
