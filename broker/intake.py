@@ -33,7 +33,6 @@ import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,11 +84,13 @@ _GROUPED_NUMBER = re.compile(r"^[+-]?(?:0|[1-9]\d{0,2}(?:,\d{3})*)(?:\.\d+)?$")
 # the field separator read_table found; a semicolon marks a decimal-comma table
 DELIMITER_ATTR = "broker_delimiter"
 # "7.876,63", "-7,6" or "1500": a number as written where the decimal mark is a comma
-_EUROPEAN_NUMBER = re.compile(r"^[+-]?(?:\d{1,3}(?:\.\d{3})+|\d+)(?:,\d+)?$")
+_EUROPEAN_NUMBER = re.compile(r"^[+-]?(?:[1-9]\d{0,2}(?:\.\d{3})+|\d+)(?:,\d+)?$")
 _DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
 _PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
-# "12.5%", "12,5 %": a number followed by a percent sign
+# text ending in a percent sign ("12.5%", "12,5 %"); the text before it is checked apart
 _PERCENT = re.compile(r"^(\S.*?)\s*%$")
+PERCENT = "percent"
+PERCENT_DECIMAL_COMMA = "percent-decimal-comma"
 _TRANSLITERATE = str.maketrans(
     {"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "OE",
      "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th", "Þ": "Th"}
@@ -519,7 +520,9 @@ def build_schema(
     Warns:
         DataWarning: Rows were dropped for a missing or infinite label; infinite
             feature values were set to missing; text columns of numbers with thousands
-            separators ("1,234,567") were read as numbers.
+            separators ("1,234,567") or of percentages ("12.5%") were read as numbers;
+            a column of numbers with decimal commas, or of percentages beside a few
+            other values, stays text.
     """
     columns = [str(c) for c in frame.columns]
     target = target.strip()
@@ -534,33 +537,37 @@ def build_schema(
     decimal_comma = frame.attrs.get(DELIMITER_ATTR) == ";"
     frame, dropped_rows = _drop_missing_target(frame, target)
     read = _target_as_numbers(frame[target], task, decimal_comma)
+    target_format = None
     if read is None:
         labels, resolved, classes = _resolve_task(frame[target], target, task)
     else:
-        numbers, how = read
+        numbers, how, number_format = read
         labels, resolved, classes = _resolve_task(numbers, target, task)
         if resolved == Task.REGRESSION:
+            target_format = number_format
             warnings.warn(
-                f"read the target {target!r} as numbers written {how}",
-                DataWarning,
-                stacklevel=3,
+                f"read the target {target!r} {how}", DataWarning, stacklevel=3
             )
         else:  # a few whole numbers are classes: keep the labels as written
             labels, classes = _spelled_as_written(labels, classes, frame[target])
     frame[target] = labels
     features = [name for name in columns if name != target and name not in ignored]
-    _read_grouped_numbers(frame, features, decimal_comma)
+    formats = _read_numbers_as_text(frame, features, decimal_comma)
     _infinite_as_missing(frame, features)
 
     safe = dict(zip(columns, make_safe_names(columns), strict=True))
     typed: list[Column] = []
     for name in columns:
         if name == target:
-            typed.append(_target_column(name, safe[name], labels, len(dropped_rows)))
+            column = _target_column(name, safe[name], labels, len(dropped_rows))
+            typed.append(replace(column, number_format=target_format))
         elif name in ignored:
             typed.append(_ignored_column(name, safe[name], frame[name]))
         else:
-            typed.append(_typed_column(name, safe[name], frame[name]))
+            column = _typed_column(name, safe[name], frame[name])
+            if name in formats and column.kind == ColumnKind.NUMERIC:
+                column = replace(column, number_format=formats[name])
+            typed.append(column)
     _require_features(typed, target)
     positive = _positive_class(labels, classes) if resolved == Task.BINARY else None
 
@@ -584,25 +591,29 @@ def build_schema(
     return frame, schema
 
 
-def _read_grouped_numbers(
+def _read_numbers_as_text(
     frame: pd.DataFrame, names: Sequence[str], decimal_comma: bool = False
-) -> None:
-    """Turn text columns of numbers written with separators into numbers, in place,
-    with a DataWarning naming them.
+) -> dict[str, str]:
+    """Turn text columns of numbers written with separators or as percentages into
+    numbers, in place, with a DataWarning naming them; returns the percentage columns'
+    number formats (`PERCENT`, `PERCENT_DECIMAL_COMMA`) by name.
 
     In a semicolon-separated table (`decimal_comma`) the comma is the decimal mark and
     the dot groups thousands ("7.876,63"), as where such files are usual; elsewhere
     the comma groups thousands ("1,234,567", "1,234.5"), and a column whose commas
     only a decimal mark explains ("0,5") stays text, with a DataWarning saying so.
-    A column of percentages ("12.5%") becomes their fractions (0.125)."""
+    A column whose every value is a percentage ("12.5%"; "12,5%" in a semicolon table)
+    becomes their fractions (0.125); one with a few values that are not stays text,
+    with a DataWarning saying so."""
     # TODO(decimal-locale): a semicolon table's column of dot-grouped numbers with no
     # comma at all ("1.500") is read by pandas as 1.5 before this sees it; a spec option
     # naming the decimal mark would settle it, as no value can.
     converted: list[str] = []
     european: list[str] = []
-    percentages: list[str] = []
+    formats: dict[str, str] = {}
+    mixed: dict[str, Any] = {}  # percentages beside a few other values: an example
+    unread: dict[str, str] = {}  # percentages not all written one way: an example
     decimal_commas: list[str] = []
-    read = _percent(_european if decimal_comma else _ungrouped)
     for name in names:
         values = frame[name]
         if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
@@ -616,9 +627,22 @@ def _read_grouped_numbers(
             frame[name] = _to_numbers(values, _european)
             european.append(name)
             continue
-        if _all_percentages(present, read):
-            frame[name] = _to_numbers(values, read)
-            percentages.append(name)
+        if any(_percent_number(v) is not None for v in present.iloc[:_TYPE_SAMPLE]):
+            others = [v for v in present if _percent_number(v) is None]
+            number_format = None if others else _percent_format(present, decimal_comma)
+            if number_format is not None:
+                frame[name] = _percentages(values, number_format)
+                formats[name] = number_format
+            elif others and len(others) <= len(present) // 10:
+                mixed[name] = others[0]
+            elif (
+                not others
+                and not decimal_comma
+                and _all_decimal_commas(present.map(_percent_number))
+            ):
+                decimal_commas.append(name)
+            elif not others:
+                unread[name] = _first_unread_percentage(present, decimal_comma)
             continue
         if _all_decimal_commas(present):
             decimal_commas.append(name)
@@ -640,10 +664,29 @@ def _read_grouped_numbers(
             DataWarning,
             stacklevel=4,
         )
-    if percentages:
+    if formats:
+        example = "'12,5%'" if PERCENT_DECIMAL_COMMA in formats.values() else "'12.5%'"
         warnings.warn(
-            f"read column(s) {', '.join(repr(n) for n in percentages)} as percentages "
-            f"(such as '12.5%' for 0.125)",
+            f"read column(s) {', '.join(repr(n) for n in formats)} as percentages "
+            f"(such as {example} for 0.125)",
+            DataWarning,
+            stacklevel=4,
+        )
+    for name, example in unread.items():
+        warnings.warn(
+            f"column {name!r} holds percentages whose numbers are not all written one "
+            f"way, such as {example!r}; it is read as text, not numbers. Write each "
+            f"as a number with the same decimal mark (such as '12.5%') to have it "
+            f"read as percentages",
+            DataWarning,
+            stacklevel=4,
+        )
+    for name, other in mixed.items():
+        warnings.warn(
+            f"column {name!r} holds percentages but also values without a '%' sign, "
+            f"such as {other!r}; it is read as text, not numbers. Write every value "
+            f"with a '%' sign, and leave unknown values empty, to have it read as "
+            f"percentages",
             DataWarning,
             stacklevel=4,
         )
@@ -664,25 +707,37 @@ def _read_grouped_numbers(
             DataWarning,
             stacklevel=4,
         )
+    return formats
 
 
 def _target_as_numbers(
     labels: pd.Series, task: Task, decimal_comma: bool
-) -> tuple[pd.Series, str] | None:
+) -> tuple[pd.Series, str, str | None] | None:
     """A regression target (or one whose task is to be inferred) written as text
-    numbers with separators, as numbers, and how they were written; else None."""
+    numbers with separators or as percentages, as numbers, how they were written, and
+    the percentages' number format (None for other numbers); else None."""
     if task not in (Task.REGRESSION, Task.AUTO):
         return None
     if pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
         return None
-    if not all(isinstance(v, str) for v in labels) or not any("," in v for v in labels):
+    if not all(isinstance(v, str) for v in labels):
+        return None
+    number_format = _percent_format(labels, decimal_comma)
+    if number_format is not None:
+        example = "'12,5%'" if number_format == PERCENT_DECIMAL_COMMA else "'12.5%'"
+        how = f"as percentages (such as {example} for 0.125)"
+        return _percentages(labels, number_format), how, number_format
+    if not any("," in v for v in labels):
         return None
     if decimal_comma and _all_european_numbers(labels):
-        return _to_numbers(labels, _european), "with a decimal comma (such as '7,5')"
+        how = "as numbers written with a decimal comma (such as '7,5')"
+        return _to_numbers(labels, _european), how, None
     if _all_numbers_as_text(labels):
-        return _to_numbers(labels, _ungrouped), (
-            "with thousands separators (such as '1,234,567'); the commas were removed"
+        how = (
+            "as numbers written with thousands separators (such as '1,234,567'); "
+            "the commas were removed"
         )
+        return _to_numbers(labels, _ungrouped), how, None
     return None
 
 
@@ -750,12 +805,82 @@ def _all_decimal_commas(values: pd.Series) -> bool:
     return any("," in t and _GROUPED_NUMBER.match(t) is None for t in texts)
 
 
-def _all_percentages(values: pd.Series, read: Callable[[Any], Any]) -> bool:
-    """Every value is text holding a number with a percent sign ("12.5%", "-3 %")."""
-    return all(
-        isinstance(v, str) and _PERCENT.match(v.strip()) and isinstance(read(v), float)
-        for v in values
+def _percent_number(value: Any) -> str | None:
+    """The number's text of a percentage ("12.5" of "12.5 %"), or None."""
+    if not isinstance(value, str):
+        return None
+    match = _PERCENT.match(value.strip())
+    if match is None or not match.group(1).isascii():
+        return None
+    return match.group(1)
+
+
+def _percent_format(values: pd.Series, decimal_comma: bool) -> str | None:
+    """How a column of percentages writes its numbers, one way for every value: with a
+    decimal comma where a semicolon table's values have commas, else with a decimal
+    point (commas grouping thousands); None when some value is no such number."""
+    numbers = [_percent_number(v) for v in values]
+    if any(n is None for n in numbers):
+        return None
+    texts = [str(n) for n in numbers]
+    if decimal_comma and any("," in t for t in texts):
+        european = all(_EUROPEAN_NUMBER.match(t) is not None for t in texts)
+        return PERCENT_DECIMAL_COMMA if european else None
+    plain = all(
+        _GROUPED_NUMBER.match(t) is not None or _PLAIN_NUMBER.match(t) is not None
+        for t in texts
     )
+    return PERCENT if plain else None
+
+
+def _first_unread_percentage(values: pd.Series, decimal_comma: bool) -> str:
+    """A value of a column of percentages that `_percent_format` finds no one way of
+    reading: one with no number, else the first one written unlike the first."""
+    for value in values:
+        if _percent_value(value, PERCENT) is None and (
+            _percent_value(value, PERCENT_DECIMAL_COMMA) is None or not decimal_comma
+        ):
+            return str(value)
+    first = _percent_format(values.iloc[:1], decimal_comma)
+    return next(
+        (
+            str(v)
+            for v in values
+            if _percent_format(pd.Series([v]), decimal_comma) != first
+        ),
+        str(values.iloc[0]),
+    )
+
+
+def _percent_value(value: Any, number_format: str) -> float | None:
+    """A percentage written in `number_format` as its fraction, or None."""
+    number = _percent_number(value)
+    if number is None:
+        return None
+    read = _european if number_format == PERCENT_DECIMAL_COMMA else _ungrouped
+    text = read(number)
+    if _PLAIN_NUMBER.match(text) is None:
+        return None
+    return _hundredth(text)
+
+
+def _percentages(values: pd.Series, number_format: str) -> pd.Series:
+    """A column of percentages as float64 fractions; missing values stay missing."""
+    fractions = [
+        np.nan if pd.isna(v) else _percent_value(v, number_format) for v in values
+    ]
+    return pd.Series(fractions, index=values.index, dtype=np.float64)
+
+
+def _hundredth(text: str) -> float:
+    """A plain number's text divided by 100, rounded once to a float (0.333 for
+    "33.3"); an exponent beyond float range gives inf or 0.0, never an error."""
+    mantissa, _, exponent = text.lower().partition("e")
+    if len(exponent.lstrip("+-")) > 9:
+        power = -(10**10) if exponent.startswith("-") else 10**10
+    else:
+        power = int(exponent or "0")
+    return float(f"{mantissa}e{power - 2}")
 
 
 def _all_grouped_numbers(values: pd.Series) -> bool:
@@ -999,14 +1124,19 @@ def _normalise_labels(labels: pd.Series, schema: Schema) -> pd.Series:
             labels
         ):
             return pd.Series(labels.to_numpy(dtype=np.float64), index=labels.index)
-        numbers = [_as_number(v, schema.decimal_comma) for v in labels.tolist()]
+        target = next(c for c in schema.columns if c.kind == ColumnKind.TARGET)
+        if target.number_format is not None:
+            numbers = [_percent_value(v, target.number_format) for v in labels.tolist()]
+        else:
+            numbers = [_as_number(v, schema.decimal_comma) for v in labels.tolist()]
+        kind = "numbers" if target.number_format is None else "percentages"
         values = labels.tolist()
         bad = list(
             dict.fromkeys(v for v, n in zip(values, numbers, strict=True) if n is None)
         )
         if bad:
             raise InputError(
-                f"holdout labels of {schema.target!r} must be numbers, as in the "
+                f"holdout labels of {schema.target!r} must be {kind}, as in the "
                 f"training data (a regression target), but {len(bad)} distinct value(s) "
                 f"are not, such as {', '.join(repr(_native(v)) for v in bad[:3])}; "
                 f"correct or remove those rows"
@@ -1358,7 +1488,8 @@ def to_safe_frame(
 
     Numeric features become float64 (text that is not a number and infinite values
     become NaN, with a DataWarning; "1,234.5" with thousands separators is read as
-    1234.5), categorical features text with NaN kept, datetime features
+    1234.5, and a column read as percentages in training reads "12.5%" as 0.125),
+    categorical features text with NaN kept, datetime features
     datetime64. Columns may be addressed by their original or their safe names.
 
     Args:
@@ -1395,7 +1526,7 @@ def _typed_values(values: pd.Series, column: Column, schema: Schema) -> pd.Serie
             return pd.to_numeric(values, errors="coerce").astype(np.float64)
         return values.astype(object)
     if column.kind == ColumnKind.NUMERIC:
-        return _numeric_values(values, column.name, schema.decimal_comma)
+        return _numeric_values(values, column, schema.decimal_comma)
     if column.kind == ColumnKind.DATETIME:
         # TODO(datetime-features): backends get datetime64; no expansion into parts yet.
         return pd.to_datetime(values, errors="coerce")
@@ -1406,19 +1537,24 @@ def _typed_values(values: pd.Series, column: Column, schema: Schema) -> pd.Serie
 
 
 def _numeric_values(
-    values: pd.Series, name: str, decimal_comma: bool = False
+    values: pd.Series, column: Column, decimal_comma: bool = False
 ) -> pd.Series:
+    name = column.name
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return _finite(values.astype(np.float64), name)
 
-    read = _percent(_european if decimal_comma else _ungrouped)
-    text = values.astype(object).map(read)
-    numbers = pd.to_numeric(text, errors="coerce").astype(np.float64)
+    if column.number_format is not None:
+        numbers = _percentages(values, column.number_format)
+        kind = "percentages, as this column's values were in training,"
+    else:
+        text = values.astype(object).map(_european if decimal_comma else _ungrouped)
+        numbers = pd.to_numeric(text, errors="coerce").astype(np.float64)
+        kind = "numbers"
     bad = numbers.isna() & values.notna()
     if bad.any():
         examples = ", ".join(repr(v) for v in values[bad].unique()[:3])
         warnings.warn(
-            f"column {name!r}: {int(bad.sum())} value(s) are not numbers and were "
+            f"column {name!r}: {int(bad.sum())} value(s) are not {kind} and were "
             f"treated as missing, such as {examples}",
             DataWarning,
             stacklevel=4,
@@ -1449,22 +1585,6 @@ def _european(value: Any) -> Any:
     if _EUROPEAN_NUMBER.match(value):
         return value.replace(".", "").replace(",", ".")
     return _ungrouped(value)
-
-
-def _percent(read: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`read`, that also takes a percentage ("12.5%", "1,250 %") to its fraction as a
-    float (0.125, 12.5), exactly as the decimal text divided by 100 rounds."""
-
-    def read_percent(value: Any) -> Any:
-        if isinstance(value, str):
-            match = _PERCENT.match(value.strip())
-            if match is not None:
-                number = read(match.group(1))
-                if isinstance(number, str) and _PLAIN_NUMBER.match(number):
-                    return float(Decimal(number) / 100)
-        return read(value)
-
-    return read_percent
 
 
 def _ungrouped(value: Any) -> Any:

@@ -34,6 +34,10 @@ class Column:
     dropped_reason: str | None = None  # set when the column is not a feature
     n_missing: int = 0
     n_unique: int = 0
+    # how a numeric column's text was written, when not as plain numbers: "percent"
+    # ("12.5%" read as 0.125) or "percent-decimal-comma" ("12,5%"); held-out rows are
+    # read the same way
+    number_format: str | None = None
 
     @property
     def is_feature(self) -> bool:

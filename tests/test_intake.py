@@ -917,55 +917,150 @@ def test_to_safe_frame_reads_thousands_separators_in_holdout_rows() -> None:
     assert np.isnan(safe["x"].iloc[2])
 
 
-def test_percentages_are_read_as_their_fractions(tmp_path: Path) -> None:
-    text = "rate,share,label,y\n"
+def _percent_table(tmp_path: Path) -> Path:
     rows = [
         ("12.5%", "1,250 %", "5% off", 0),
         ("7%", "-3%", "none", 1),
         ("100%", "0.5%", "5% off", 0),
-        ("", "2%", "none", 1),
+        ("", "2e1%", "none", 1),
         ("0%", "40%", "5% off", 0),
         ("33.3%", "1%", "none", 1),
     ]
+    text = "rate,share,label,y\n"
     text += "".join(f'{a},"{b}",{c},{y}\n' for a, b, c, y in rows)
+    return _write(tmp_path, text)
 
+
+def test_percentages_are_read_as_their_fractions(tmp_path: Path) -> None:
     with pytest.warns(DataWarning) as caught:
-        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
+        dataset = load_dataset(JobSpec(data=_percent_table(tmp_path), target="y"))
 
     assert [str(w.message) for w in caught if "percent" in str(w.message)] == [
         "read column(s) 'rate', 'share' as percentages (such as '12.5%' for 0.125)"
     ]
-    kinds = {c.name: c.kind for c in dataset.schema.columns}
-    assert kinds["rate"] == ColumnKind.NUMERIC
-    assert kinds["label"] == ColumnKind.CATEGORICAL
+    columns = {c.name: c for c in dataset.schema.columns}
+    assert columns["rate"].kind == ColumnKind.NUMERIC
+    assert columns["rate"].number_format == "percent"
+    assert columns["label"].kind == ColumnKind.CATEGORICAL
     rate = dataset.frame["rate"].tolist()
     assert rate[:3] == [0.125, 0.07, 1.0] and np.isnan(rate[3])
     assert rate[4:] == [0.0, 0.333]
-    assert dataset.frame["share"].tolist() == [12.5, -0.03, 0.005, 0.02, 0.4, 0.01]
+    assert dataset.frame["share"].tolist() == [12.5, -0.03, 0.005, 0.2, 0.4, 0.01]
 
-    # held-out rows are read the same way; a bare number stays as written
+
+def test_holdout_rows_are_read_in_the_training_columns_unit(tmp_path: Path) -> None:
+    with pytest.warns(DataWarning):
+        dataset = load_dataset(JobSpec(data=_percent_table(tmp_path), target="y"))
     holdout = pd.DataFrame(
-        {
-            "rate": ["50%", "0.2", "n/a %"],
-            "share": ["1%"] * 3,
-            "label": ["none"] * 3,
-            "y": [0, 1, 0],
-        }
+        {"rate": ["50%", "5", "1,000%"], "share": ["1%"] * 3, "label": ["none"] * 3}
     )
-    with pytest.warns(DataWarning, match=r"column 'rate': 1 value\(s\).*'n/a %'"):
-        safe = to_safe_frame(holdout, dataset.schema)
-    assert safe["rate"].tolist()[:2] == [0.5, 0.2]
-    assert np.isnan(safe["rate"].iloc[2])
+
+    with pytest.warns(DataWarning) as caught:
+        safe = to_safe_frame(holdout, dataset.schema, include_target=False)
+
+    # a bare "5" in a column of percentages is no 0.05 or 5: it is missing, and said
+    assert [str(w.message) for w in caught] == [
+        "column 'rate': 1 value(s) are not percentages, as this column's values were "
+        "in training, and were treated as missing, such as '5'"
+    ]
+    assert safe["rate"].iloc[0] == 0.5 and safe["rate"].iloc[2] == 10.0
+    assert np.isnan(safe["rate"].iloc[1])
+
+    # a column of plain numbers in training does not read percentages later
+    train = pd.DataFrame({"x": [float(i % 5) for i in range(10)], "y": list("ab") * 5})
+    plain = load_dataset(JobSpec(data=train, target="y"))
+    with pytest.warns(DataWarning, match=r"column 'x': 1 value\(s\) are not numbers"):
+        holdout = pd.DataFrame({"x": ["50%", "2"]})
+        safe = to_safe_frame(holdout, plain.schema, include_target=False)
+    assert np.isnan(safe["x"].iloc[0]) and safe["x"].iloc[1] == 2.0
 
 
-def test_semicolon_table_percentages_with_a_decimal_comma(tmp_path: Path) -> None:
-    values = ["12,5%", "1.250,5 %", "3%", "0,1%", "7,25%", "50%"]
-    text = "p;y\n" + "".join(f"{v};{i % 2}\n" for i, v in enumerate(values))
+def test_semicolon_table_percentages_follow_the_columns_decimal_mark(
+    tmp_path: Path,
+) -> None:
+    commas = ["12,5%", "1.250,5 %", "3%", "0,1%", "7,25%", "50%"]
+    points = ["0.125%", "1.5%", "2.25%", "3.5%", "4.75%", "5.5%"]
+    mixed = ["12,5%", "1.5%", "3%", "0,1%", "7,25%", "50%"]
+    text = "c;p;m;y\n" + "".join(
+        f"{c};{p};{m};{i % 2}\n"
+        for i, (c, p, m) in enumerate(zip(commas, points, mixed, strict=True))
+    )
 
-    with pytest.warns(DataWarning, match="read column\\(s\\) 'p' as percentages"):
+    with pytest.warns(DataWarning) as caught:
         dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
 
-    assert dataset.frame["p"].tolist() == [0.125, 12.505, 0.03, 0.001, 0.0725, 0.5]
+    assert [str(w.message) for w in caught] == [
+        "read column(s) 'c', 'p' as percentages (such as '12,5%' for 0.125)",
+        "column 'm' holds percentages whose numbers are not all written one way, such "
+        "as '1.5%'; it is read as text, not numbers. Write each as a number with the "
+        "same decimal mark (such as '12.5%') to have it read as percentages",
+    ]
+    assert dataset.frame["c"].tolist() == [0.125, 12.505, 0.03, 0.001, 0.0725, 0.5]
+    assert dataset.frame["p"].tolist() == [0.00125, 0.015, 0.0225, 0.035, 0.0475, 0.055]
+    assert dataset.frame["m"].tolist()[:2] == ["12,5%", "1.5%"]
+
+
+def test_percentages_beside_other_values_stay_text_with_the_way_out(
+    tmp_path: Path,
+) -> None:
+    rates = [f"{n}%" for n in (10, 20, 30, 40)] * 5 + ["0"]
+    quoted = ["1,25%", "0,5%", "2%", "3,75%"] * 5 + ["1%"]
+    text = "rate,q,y\n" + "".join(
+        f'{r},"{q}",{i % 2}\n'
+        for i, (r, q) in enumerate(zip(rates, quoted, strict=True))
+    )
+
+    with pytest.warns(DataWarning) as caught:
+        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
+
+    assert sorted(str(w.message) for w in caught) == [
+        "column 'rate' holds percentages but also values without a '%' sign, such as "
+        "'0'; it is read as text, not numbers. Write every value with a '%' sign, and "
+        "leave unknown values empty, to have it read as percentages",
+        "column(s) 'q' hold numbers that may be written with a decimal comma (such as "
+        "'0,5'); they are read as text, not numbers. Write numbers with '.' as the "
+        "decimal mark to have them read as numbers",
+    ]
+    kinds = {c.name: c.kind for c in dataset.schema.columns}
+    assert kinds["rate"] == ColumnKind.CATEGORICAL
+
+
+def test_regression_target_of_percentages_and_its_holdout_labels(
+    tmp_path: Path,
+) -> None:
+    values = [f"{n / 4:g}%" for n in range(3, 30)]
+    text = "x,y\n" + "".join(f"{i % 5},{v}\n" for i, v in enumerate(values))
+    path = _write(tmp_path, text)
+
+    with pytest.warns(DataWarning) as caught:
+        dataset = load_dataset(JobSpec(data=path, target="y"))
+
+    assert [str(w.message) for w in caught] == [
+        "read the target 'y' as percentages (such as '12.5%' for 0.125)"
+    ]
+    assert dataset.schema.task == Task.REGRESSION
+    assert dataset.frame["y"].tolist()[:3] == [0.0075, 0.01, 0.0125]
+    holdout = pd.DataFrame({"x": [1, 2], "y": ["50%", "0.5"]})
+    spec = JobSpec(data=path, target="y", holdout_data=holdout)
+    with pytest.raises(InputError, match=r"must be percentages.*such as '0\.5'"):
+        load_holdout(spec, dataset.schema)
+    spec = JobSpec(data=path, target="y", holdout_data=holdout.iloc[:1])
+    held = load_holdout(spec, dataset.schema)
+    assert held is not None and held.frame["y"].tolist() == [0.5]
+
+
+def test_percentages_beyond_float_range_become_missing_not_an_error(
+    tmp_path: Path,
+) -> None:
+    values = ["1e1000002%", "5%", "1e-99999999999999999999%", "7%", "2%", "9%"]
+    text = "p,y\n" + "".join(f"{v},{i % 2}\n" for i, v in enumerate(values))
+
+    with pytest.warns(DataWarning) as caught:
+        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
+
+    assert any("'p' (1 value(s))" in str(w.message) for w in caught)
+    p = dataset.frame["p"].tolist()
+    assert np.isnan(p[0]) and p[1:] == [0.05, 0.0, 0.07, 0.02, 0.09]
 
 
 def test_spec_file_data_path_missing_names_the_spec_folder_rule(tmp_path: Path) -> None:
