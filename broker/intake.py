@@ -52,8 +52,21 @@ from broker.errors import (
     TargetMissingError,
     TargetSingleClassError,
 )
-from broker.schema import Column, ColumnKind, Schema
+from broker.schema import Column, ColumnKind, NumberFormat, Schema
 from broker.spec import Task
+from broker.text_numbers import (
+    DECIMAL_COMMA,
+    EUROPEAN_NUMBER,
+    GROUPED_NUMBER,
+    PLAIN_NUMBER,
+    european,
+    is_percentage,
+    percent_format,
+    percent_number,
+    percent_value,
+    percentages,
+    ungrouped,
+)
 
 if TYPE_CHECKING:
     from broker.spec import JobSpec
@@ -77,20 +90,8 @@ _ISO_DATE = re.compile(
     r"^\d{4}[-/]\d{1,2}[-/]\d{1,2}"
     r"(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
 )
-# A number with comma thousands separators: "1,234,567" or "1,234.5" (groups of three
-# digits); a decimal comma such as "1,5" does not match.
-# "1,234,567" or "1,234.5"; a group never starts with "0," (that is a decimal comma)
-_GROUPED_NUMBER = re.compile(r"^[+-]?(?:0|[1-9]\d{0,2}(?:,\d{3})*)(?:\.\d+)?$")
 # the field separator read_table found; a semicolon marks a decimal-comma table
 DELIMITER_ATTR = "broker_delimiter"
-# "7.876,63", "-7,6" or "1500": a number as written where the decimal mark is a comma
-_EUROPEAN_NUMBER = re.compile(r"^[+-]?(?:[1-9]\d{0,2}(?:\.\d{3})+|\d+)(?:,\d+)?$")
-_DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
-_PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
-# text ending in a percent sign ("12.5%", "12,5 %"); the text before it is checked apart
-_PERCENT = re.compile(r"^(\S.*?)\s*%$")
-PERCENT = "percent"
-PERCENT_DECIMAL_COMMA = "percent-decimal-comma"
 _TRANSLITERATE = str.maketrans(
     {"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "OE",
      "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th", "Þ": "Th"}
@@ -542,8 +543,11 @@ def build_schema(
         labels, resolved, classes = _resolve_task(frame[target], target, task)
     else:
         numbers, how, number_format = read
+        # the task follows the numbers as written: "10%", "20%", "30%" are 3 classes
         labels, resolved, classes = _resolve_task(numbers, target, task)
         if resolved == Task.REGRESSION:
+            if number_format is not None:
+                labels = percentages(frame[target], number_format, decimal_comma)
             target_format = number_format
             warnings.warn(
                 f"read the target {target!r} {how}", DataWarning, stacklevel=3
@@ -552,7 +556,7 @@ def build_schema(
             labels, classes = _spelled_as_written(labels, classes, frame[target])
     frame[target] = labels
     features = [name for name in columns if name != target and name not in ignored]
-    formats = _read_numbers_as_text(frame, features, decimal_comma)
+    formats = _read_text_numbers(frame, features, decimal_comma)
     _infinite_as_missing(frame, features)
 
     safe = dict(zip(columns, make_safe_names(columns), strict=True))
@@ -591,29 +595,28 @@ def build_schema(
     return frame, schema
 
 
-def _read_numbers_as_text(
+def _read_text_numbers(
     frame: pd.DataFrame, names: Sequence[str], decimal_comma: bool = False
-) -> dict[str, str]:
+) -> dict[str, NumberFormat]:
     """Turn text columns of numbers written with separators or as percentages into
-    numbers, in place, with a DataWarning naming them; returns the percentage columns'
-    number formats (`PERCENT`, `PERCENT_DECIMAL_COMMA`) by name.
+    numbers, in place, with a DataWarning naming them; returns the number formats of
+    the columns read as percentages, by name.
 
     In a semicolon-separated table (`decimal_comma`) the comma is the decimal mark and
     the dot groups thousands ("7.876,63"), as where such files are usual; elsewhere
     the comma groups thousands ("1,234,567", "1,234.5"), and a column whose commas
     only a decimal mark explains ("0,5") stays text, with a DataWarning saying so.
-    A column whose every value is a percentage ("12.5%"; "12,5%" in a semicolon table)
-    becomes their fractions (0.125); one with a few values that are not stays text,
-    with a DataWarning saying so."""
+    A column whose every value is a percentage written one way ("12.5%"; "12,5%" in a
+    semicolon table) becomes their fractions (0.125); one mixing decimal marks, or
+    with a few values that are no percentages, stays text with a DataWarning."""
     # TODO(decimal-locale): a semicolon table's column of dot-grouped numbers with no
     # comma at all ("1.500") is read by pandas as 1.5 before this sees it; a spec option
     # naming the decimal mark would settle it, as no value can.
-    converted: list[str] = []
-    european: list[str] = []
-    formats: dict[str, str] = {}
-    mixed: dict[str, Any] = {}  # percentages beside a few other values: an example
-    unread: dict[str, str] = {}  # percentages not all written one way: an example
+    with_decimal_comma: list[str] = []
+    with_separators: list[str] = []
+    formats: dict[str, NumberFormat] = {}
     decimal_commas: list[str] = []
+    problems: list[str] = []  # why columns of percentages stay text
     for name in names:
         values = frame[name]
         if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
@@ -621,123 +624,138 @@ def _read_numbers_as_text(
         present = values.dropna()
         if len(present) == 0:
             continue
-        if not all(isinstance(v, str) for v in present.iloc[:_TYPE_SAMPLE]):
+        sample = present.iloc[:_TYPE_SAMPLE]
+        if not all(isinstance(v, str) for v in sample):
             continue
         if decimal_comma and _all_european_numbers(present):
-            frame[name] = _to_numbers(values, _european)
-            european.append(name)
+            frame[name] = _to_numbers(values, european)
+            with_decimal_comma.append(name)
             continue
-        if any(_percent_number(v) is not None for v in present.iloc[:_TYPE_SAMPLE]):
-            others = [v for v in present if _percent_number(v) is None]
-            number_format = None if others else _percent_format(present, decimal_comma)
-            if number_format is not None:
-                frame[name] = _percentages(values, number_format)
-                formats[name] = number_format
-            elif others and len(others) <= len(present) // 10:
-                mixed[name] = others[0]
-            elif (
-                not others
-                and not decimal_comma
-                and _all_decimal_commas(present.map(_percent_number))
-            ):
+        if any(percent_number(v) is not None for v in sample):
+            numbers = present.map(percent_number)
+            if not decimal_comma and _all_decimal_commas(numbers):
                 decimal_commas.append(name)
-            elif not others:
-                unread[name] = _first_unread_percentage(present, decimal_comma)
+                continue
+            number_format, problem = _percent_reading(name, present, decimal_comma)
+            if number_format is not None:
+                frame[name] = percentages(values, number_format, decimal_comma)
+                formats[name] = number_format
+            elif problem is not None:
+                problems.append(problem)
             continue
         if _all_decimal_commas(present):
             decimal_commas.append(name)
             continue
-        if not _all_grouped_numbers(present.iloc[:_TYPE_SAMPLE]):
-            continue
-        if not _all_grouped_numbers(present):
+        if not _all_grouped_numbers(sample) or not _all_grouped_numbers(present):
             continue
         if not any("," in v for v in present):
             continue  # plain numbers as text: typing reads those already
-        frame[name] = _to_numbers(values, _ungrouped)
-        converted.append(name)
+        frame[name] = _to_numbers(values, ungrouped)
+        with_separators.append(name)
 
-    if european:
-        warnings.warn(
-            f"read column(s) {', '.join(repr(n) for n in european)} as numbers written "
-            f"with a decimal comma (such as '7.876,63' for 7876.63), as is usual in "
-            f"semicolon-separated files",
-            DataWarning,
-            stacklevel=4,
+    def listed(names: list[str]) -> str:
+        return ", ".join(repr(n) for n in names)
+
+    notes = []
+    if with_decimal_comma:
+        notes.append(
+            f"read column(s) {listed(with_decimal_comma)} as numbers written with a "
+            f"decimal comma (such as '7.876,63' for 7876.63), as is usual in "
+            f"semicolon-separated files"
+        )
+    if with_separators:
+        notes.append(
+            f"read column(s) {listed(with_separators)} as numbers written with "
+            f"thousands separators (such as '1,234,567'); the commas were removed"
         )
     if formats:
-        example = "'12,5%'" if PERCENT_DECIMAL_COMMA in formats.values() else "'12.5%'"
-        warnings.warn(
-            f"read column(s) {', '.join(repr(n) for n in formats)} as percentages "
-            f"(such as {example} for 0.125)",
-            DataWarning,
-            stacklevel=4,
-        )
-    for name, example in unread.items():
-        warnings.warn(
-            f"column {name!r} holds percentages whose numbers are not all written one "
-            f"way, such as {example!r}; it is read as text, not numbers. Write each "
-            f"as a number with the same decimal mark (such as '12.5%') to have it "
-            f"read as percentages",
-            DataWarning,
-            stacklevel=4,
-        )
-    for name, other in mixed.items():
-        warnings.warn(
-            f"column {name!r} holds percentages but also values without a '%' sign, "
-            f"such as {other!r}; it is read as text, not numbers. Write every value "
-            f"with a '%' sign, and leave unknown values empty, to have it read as "
-            f"percentages",
-            DataWarning,
-            stacklevel=4,
+        comma = NumberFormat.PERCENT_DECIMAL_COMMA in formats.values()
+        example = "'12,5%'" if comma else "'12.5%'"
+        notes.append(
+            f"read column(s) {listed(list(formats))} as percentages (such as "
+            f"{example} for 0.125)"
         )
     if decimal_commas:
-        warnings.warn(
-            f"column(s) {', '.join(repr(n) for n in decimal_commas)} hold numbers "
-            f"that may be written with a decimal comma (such as '0,5'); they are read "
-            f"as text, not numbers. Write numbers with '.' as the decimal mark to have "
-            f"them read as numbers",
-            DataWarning,
-            stacklevel=4,
+        notes.append(
+            f"column(s) {listed(decimal_commas)} hold numbers that may be written "
+            f"with a decimal comma (such as '0,5'); they are read as text, not "
+            f"numbers. Write numbers with '.' as the decimal mark to have them read "
+            f"as numbers"
         )
-    if converted:
-        warnings.warn(
-            f"read column(s) {', '.join(repr(n) for n in converted)} as numbers "
-            f"written with thousands separators (such as '1,234,567'); the commas "
-            f"were removed",
-            DataWarning,
-            stacklevel=4,
-        )
+    for note in notes + problems:
+        warnings.warn(note, DataWarning, stacklevel=4)
     return formats
+
+
+def _percent_reading(
+    name: str, present: pd.Series, decimal_comma: bool
+) -> tuple[NumberFormat | None, str | None]:
+    """How to read a text column some of whose values are percentages: its number
+    format, or None and why it stays text (None when it is text that merely holds a
+    '%', as bins such as "0-10%" do)."""
+    number_format = percent_format(present, decimal_comma)
+    if number_format is not None:
+        return number_format, None
+
+    others = [v for v in present if not is_percentage(v, decimal_comma)]
+    if not others:  # a semicolon table's percentages, some with a decimal point
+        pointed = next(
+            v
+            for v in present
+            if percent_value(v, NumberFormat.PERCENT_DECIMAL_COMMA, True) is None
+        )
+        return None, (
+            f"column {name!r} holds percentages written with a decimal comma and with "
+            f"a decimal point, such as {pointed!r}; it is read as text, not numbers. "
+            f"Write them all with one decimal mark (such as '12,5%') to have it read "
+            f"as percentages"
+        )
+    if len(others) * 4 <= len(present):
+        return None, (
+            f"column {name!r} holds percentages but also {len(others)} value(s) that "
+            f"are not (a number followed by '%'), such as {others[0]!r}; it is read as "
+            f"text, not numbers. Write every value as a percentage, and leave unknown "
+            f"values empty, to have it read as percentages"
+        )
+    return None, None
 
 
 def _target_as_numbers(
     labels: pd.Series, task: Task, decimal_comma: bool
-) -> tuple[pd.Series, str, str | None] | None:
+) -> tuple[pd.Series, str, NumberFormat | None] | None:
     """A regression target (or one whose task is to be inferred) written as text
-    numbers with separators or as percentages, as numbers, how they were written, and
-    the percentages' number format (None for other numbers); else None."""
+    numbers with separators or as percentages: the numbers as written (12.5 for
+    "12.5%"), how they were written, and the percentages' number format (None for
+    other numbers); else None."""
     if task not in (Task.REGRESSION, Task.AUTO):
         return None
     if pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
         return None
     if not all(isinstance(v, str) for v in labels):
         return None
-    number_format = _percent_format(labels, decimal_comma)
+    number_format = percent_format(labels, decimal_comma)
     if number_format is not None:
-        example = "'12,5%'" if number_format == PERCENT_DECIMAL_COMMA else "'12.5%'"
-        how = f"as percentages (such as {example} for 0.125)"
-        return _percentages(labels, number_format), how, number_format
+        numbers = percentages(labels, number_format, decimal_comma, shift=0)
+        finite = np.isfinite(numbers.to_numpy())
+        if not finite.all():
+            raise InputError(
+                f"the target {labels.name!r} holds a percentage beyond the range of "
+                f"numbers, {labels[~finite].iloc[0]!r}; correct or remove that row"
+            )
+        comma = number_format == NumberFormat.PERCENT_DECIMAL_COMMA
+        example = "'12,5%'" if comma else "'12.5%'"
+        return numbers, f"as percentages (such as {example} for 0.125)", number_format
     if not any("," in v for v in labels):
         return None
     if decimal_comma and _all_european_numbers(labels):
         how = "as numbers written with a decimal comma (such as '7,5')"
-        return _to_numbers(labels, _european), how, None
+        return _to_numbers(labels, european), how, None
     if _all_numbers_as_text(labels):
         how = (
             "as numbers written with thousands separators (such as '1,234,567'); "
             "the commas were removed"
         )
-        return _to_numbers(labels, _ungrouped), how, None
+        return _to_numbers(labels, ungrouped), how, None
     return None
 
 
@@ -748,13 +766,13 @@ def _all_european_numbers(values: pd.Series) -> bool:
     return (
         len(texts) == len(values)
         and any("," in t for t in texts)
-        and all(_EUROPEAN_NUMBER.match(t) is not None for t in texts)
+        and all(EUROPEAN_NUMBER.match(t) is not None for t in texts)
     )
 
 
 def _to_numbers(values: pd.Series, read: Callable[[Any], Any]) -> pd.Series:
-    """`values` as float64, each text first rewritten by `read` (`_ungrouped` or
-    `_european`)."""
+    """`values` as float64, each text first rewritten by `read` (`ungrouped` or
+    `european`)."""
     return pd.to_numeric(values.map(read)).astype(np.float64)
 
 
@@ -776,8 +794,8 @@ def _all_numbers_as_text(values: pd.Series) -> bool:
     return all(
         isinstance(v, str)
         and (
-            _GROUPED_NUMBER.match(v.strip()) is not None
-            or _PLAIN_NUMBER.match(v.strip()) is not None
+            GROUPED_NUMBER.match(v.strip()) is not None
+            or PLAIN_NUMBER.match(v.strip()) is not None
         )
         for v in values
     )
@@ -790,8 +808,8 @@ def _as_number(value: Any, decimal_comma: bool = False) -> float | None:
         return None
     if isinstance(value, int | float | np.number):
         return float(value)
-    text = (_european if decimal_comma else _ungrouped)(str(value))
-    return float(text) if _PLAIN_NUMBER.match(text) else None
+    text = (european if decimal_comma else ungrouped)(str(value))
+    return float(text) if PLAIN_NUMBER.match(text) else None
 
 
 def _all_decimal_commas(values: pd.Series) -> bool:
@@ -800,92 +818,14 @@ def _all_decimal_commas(values: pd.Series) -> bool:
     texts = [v.strip() for v in values if isinstance(v, str)]
     if len(texts) != len(values):
         return False
-    if not all(_DECIMAL_COMMA.match(t) or _PLAIN_NUMBER.match(t) for t in texts):
+    if not all(DECIMAL_COMMA.match(t) or PLAIN_NUMBER.match(t) for t in texts):
         return False
-    return any("," in t and _GROUPED_NUMBER.match(t) is None for t in texts)
-
-
-def _percent_number(value: Any) -> str | None:
-    """The number's text of a percentage ("12.5" of "12.5 %"), or None."""
-    if not isinstance(value, str):
-        return None
-    match = _PERCENT.match(value.strip())
-    if match is None or not match.group(1).isascii():
-        return None
-    return match.group(1)
-
-
-def _percent_format(values: pd.Series, decimal_comma: bool) -> str | None:
-    """How a column of percentages writes its numbers, one way for every value: with a
-    decimal comma where a semicolon table's values have commas, else with a decimal
-    point (commas grouping thousands); None when some value is no such number."""
-    numbers = [_percent_number(v) for v in values]
-    if any(n is None for n in numbers):
-        return None
-    texts = [str(n) for n in numbers]
-    if decimal_comma and any("," in t for t in texts):
-        european = all(_EUROPEAN_NUMBER.match(t) is not None for t in texts)
-        return PERCENT_DECIMAL_COMMA if european else None
-    plain = all(
-        _GROUPED_NUMBER.match(t) is not None or _PLAIN_NUMBER.match(t) is not None
-        for t in texts
-    )
-    return PERCENT if plain else None
-
-
-def _first_unread_percentage(values: pd.Series, decimal_comma: bool) -> str:
-    """A value of a column of percentages that `_percent_format` finds no one way of
-    reading: one with no number, else the first one written unlike the first."""
-    for value in values:
-        if _percent_value(value, PERCENT) is None and (
-            _percent_value(value, PERCENT_DECIMAL_COMMA) is None or not decimal_comma
-        ):
-            return str(value)
-    first = _percent_format(values.iloc[:1], decimal_comma)
-    return next(
-        (
-            str(v)
-            for v in values
-            if _percent_format(pd.Series([v]), decimal_comma) != first
-        ),
-        str(values.iloc[0]),
-    )
-
-
-def _percent_value(value: Any, number_format: str) -> float | None:
-    """A percentage written in `number_format` as its fraction, or None."""
-    number = _percent_number(value)
-    if number is None:
-        return None
-    read = _european if number_format == PERCENT_DECIMAL_COMMA else _ungrouped
-    text = read(number)
-    if _PLAIN_NUMBER.match(text) is None:
-        return None
-    return _hundredth(text)
-
-
-def _percentages(values: pd.Series, number_format: str) -> pd.Series:
-    """A column of percentages as float64 fractions; missing values stay missing."""
-    fractions = [
-        np.nan if pd.isna(v) else _percent_value(v, number_format) for v in values
-    ]
-    return pd.Series(fractions, index=values.index, dtype=np.float64)
-
-
-def _hundredth(text: str) -> float:
-    """A plain number's text divided by 100, rounded once to a float (0.333 for
-    "33.3"); an exponent beyond float range gives inf or 0.0, never an error."""
-    mantissa, _, exponent = text.lower().partition("e")
-    if len(exponent.lstrip("+-")) > 9:
-        power = -(10**10) if exponent.startswith("-") else 10**10
-    else:
-        power = int(exponent or "0")
-    return float(f"{mantissa}e{power - 2}")
+    return any("," in t and GROUPED_NUMBER.match(t) is None for t in texts)
 
 
 def _all_grouped_numbers(values: pd.Series) -> bool:
     return all(
-        isinstance(v, str) and _GROUPED_NUMBER.match(v.strip()) is not None
+        isinstance(v, str) and GROUPED_NUMBER.match(v.strip()) is not None
         for v in values
     )
 
@@ -1120,28 +1060,7 @@ def _check_task_fits(
 
 def _normalise_labels(labels: pd.Series, schema: Schema) -> pd.Series:
     if schema.task == Task.REGRESSION:
-        if pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(
-            labels
-        ):
-            return pd.Series(labels.to_numpy(dtype=np.float64), index=labels.index)
-        target = next(c for c in schema.columns if c.kind == ColumnKind.TARGET)
-        if target.number_format is not None:
-            numbers = [_percent_value(v, target.number_format) for v in labels.tolist()]
-        else:
-            numbers = [_as_number(v, schema.decimal_comma) for v in labels.tolist()]
-        kind = "numbers" if target.number_format is None else "percentages"
-        values = labels.tolist()
-        bad = list(
-            dict.fromkeys(v for v, n in zip(values, numbers, strict=True) if n is None)
-        )
-        if bad:
-            raise InputError(
-                f"holdout labels of {schema.target!r} must be {kind}, as in the "
-                f"training data (a regression target), but {len(bad)} distinct value(s) "
-                f"are not, such as {', '.join(repr(_native(v)) for v in bad[:3])}; "
-                f"correct or remove those rows"
-            )
-        return pd.Series(numbers, index=labels.index, dtype=np.float64)
+        return _regression_labels(labels, schema)
 
     by_value = {c: c for c in schema.classes}
     by_text = {str(c): c for c in schema.classes}
@@ -1162,6 +1081,45 @@ def _normalise_labels(labels: pd.Series, schema: Schema) -> pd.Series:
             f"rows or add them to the training data"
         )
     return pd.Series(normalised, index=labels.index, dtype=object)
+
+
+def _regression_labels(labels: pd.Series, schema: Schema) -> pd.Series:
+    """Held-out labels of a regression target as float64, read as the training labels
+    were (numbers, or percentages); an InputError names those that are not."""
+    number_format = next(
+        (c.number_format for c in schema.columns if c.kind == ColumnKind.TARGET), None
+    )
+    numeric = pd.api.types.is_numeric_dtype(labels)
+    if number_format is None and numeric and not pd.api.types.is_bool_dtype(labels):
+        return pd.Series(labels.to_numpy(dtype=np.float64), index=labels.index)
+
+    values = labels.tolist()
+    if number_format is None:
+        kind = "numbers"
+        numbers = [_as_number(v, schema.decimal_comma) for v in values]
+    else:
+        kind = "percentages"
+        numbers = [
+            percent_value(v, number_format, schema.decimal_comma) for v in values
+        ]
+        numbers = [n if n is not None and math.isfinite(n) else None for n in numbers]
+    bad = list(
+        dict.fromkeys(v for v, n in zip(values, numbers, strict=True) if n is None)
+    )
+    if bad:
+        raise InputError(
+            f"holdout labels of {schema.target!r} must be {kind}, as in the training "
+            f"data (a regression target), but {len(bad)} distinct value(s) are not, "
+            f"such as {', '.join(repr(_native(v)) for v in bad[:3])}; correct or "
+            f"remove those rows"
+        )
+    return pd.Series(numbers, index=labels.index, dtype=np.float64)
+
+
+def read_labels(labels: pd.Series, schema: Schema) -> pd.Series:
+    """Labels of the target as training read them: class labels in the schema's
+    spelling, or a regression target's numbers (percentages as fractions)."""
+    return _normalise_labels(labels, schema)
 
 
 def _positive_class(labels: pd.Series, classes: list[Any]) -> Any:
@@ -1540,19 +1498,23 @@ def _numeric_values(
     values: pd.Series, column: Column, decimal_comma: bool = False
 ) -> pd.Series:
     name = column.name
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return _finite(values.astype(np.float64), name)
-
+    numeric = pd.api.types.is_numeric_dtype(values)
     if column.number_format is not None:
-        numbers = _percentages(values, column.number_format)
-        kind = "percentages, as this column's values were in training,"
+        # numbers are not percentages: a bare 50 could be 50% or 0.5
+        numbers = percentages(values, column.number_format, decimal_comma)
+        kind = (
+            "percentages (a number followed by '%'), as this column's values were "
+            "in training,"
+        )
+    elif numeric and not pd.api.types.is_bool_dtype(values):
+        return _finite(values.astype(np.float64), name)
     else:
-        text = values.astype(object).map(_european if decimal_comma else _ungrouped)
+        text = values.astype(object).map(european if decimal_comma else ungrouped)
         numbers = pd.to_numeric(text, errors="coerce").astype(np.float64)
         kind = "numbers"
     bad = numbers.isna() & values.notna()
     if bad.any():
-        examples = ", ".join(repr(v) for v in values[bad].unique()[:3])
+        examples = ", ".join(repr(_native(v)) for v in values[bad].unique()[:3])
         warnings.warn(
             f"column {name!r}: {int(bad.sum())} value(s) are not {kind} and were "
             f"treated as missing, such as {examples}",
@@ -1574,23 +1536,3 @@ def _finite(numbers: pd.Series, name: str) -> pd.Series:
         stacklevel=5,
     )
     return numbers.where(~infinite, np.nan)
-
-
-def _european(value: Any) -> Any:
-    """A text number written with a decimal comma and dots grouping thousands
-    ("7.876,63", "1.500") as "7876.63", "1500"; else as `_ungrouped` reads it."""
-    if not isinstance(value, str):
-        return value
-    value = value.strip()
-    if _EUROPEAN_NUMBER.match(value):
-        return value.replace(".", "").replace(",", ".")
-    return _ungrouped(value)
-
-
-def _ungrouped(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    value = value.strip()
-    if "," in value and _GROUPED_NUMBER.match(value):
-        return value.replace(",", "")
-    return value

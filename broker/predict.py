@@ -152,7 +152,10 @@ def predict_from_run(
     if schema.target in frame.columns:
         labelled = frame[schema.target].notna().to_numpy()
         y_true = frame[schema.target].to_numpy()[labelled]
-        if schema.classes and schema.task.value != "regression":
+        if schema.task.value == "regression":  # "1,250", "12.5%" read as in training
+            y_true = intake.read_labels(frame[schema.target][labelled], schema)
+            y_true = y_true.to_numpy()
+        elif schema.classes:
             y_true = _as_class_labels(y_true, schema.classes)
         metrics = compute_metrics(schema, y_true, raw[labelled])
     logger.info("predicted %d rows with %s", len(result), run_dir / "model")

@@ -26,6 +26,14 @@ class ColumnKind(str, Enum):
     IGNORED = "ignored"
 
 
+class NumberFormat(str, Enum):
+    """How a numeric column's values were written as text, when not as plain numbers;
+    held-out rows of the column are read the same way."""
+
+    PERCENT = "percent"  # "12.5%" is 0.125; commas group thousands ("1,250%")
+    PERCENT_DECIMAL_COMMA = "percent-decimal-comma"  # "12,5%"; dots group thousands
+
+
 @dataclass(frozen=True)
 class Column:
     name: str  # the user's name, whitespace around it stripped
@@ -34,10 +42,7 @@ class Column:
     dropped_reason: str | None = None  # set when the column is not a feature
     n_missing: int = 0
     n_unique: int = 0
-    # how a numeric column's text was written, when not as plain numbers: "percent"
-    # ("12.5%" read as 0.125) or "percent-decimal-comma" ("12,5%"); held-out rows are
-    # read the same way
-    number_format: str | None = None
+    number_format: NumberFormat | None = None  # set when read from text such as "12%"
 
     @property
     def is_feature(self) -> bool:
@@ -90,7 +95,7 @@ class Schema:
     def to_dict(self) -> dict[str, Any]:
         payload = asdict(self)
         payload["task"] = self.task.value
-        payload["columns"] = [{**asdict(c), "kind": c.kind.value} for c in self.columns]
+        payload["columns"] = [_column_dict(c) for c in self.columns]
         payload["classes"] = [_jsonable(c) for c in self.classes]
         payload["positive_class"] = _jsonable(self.positive_class)
         return payload
@@ -99,12 +104,26 @@ class Schema:
     def from_dict(cls, payload: dict[str, Any]) -> Schema:
         data = dict(payload)
         data["task"] = Task(data["task"])
-        data["columns"] = tuple(
-            Column(**{**c, "kind": ColumnKind(c["kind"])}) for c in data["columns"]
-        )
+        data["columns"] = tuple(_column(c) for c in data["columns"])
         data["classes"] = tuple(data.get("classes", ()))
         data["dropped_target_rows"] = tuple(data.get("dropped_target_rows", ()))
         return cls(**data)
+
+
+def _column_dict(column: Column) -> dict[str, Any]:
+    payload = {**asdict(column), "kind": column.kind.value}
+    if column.number_format is None:
+        del payload["number_format"]  # as schemas without number formats were written
+    else:
+        payload["number_format"] = column.number_format.value
+    return payload
+
+
+def _column(payload: dict[str, Any]) -> Column:
+    data = {**payload, "kind": ColumnKind(payload["kind"])}
+    if data.get("number_format") is not None:
+        data["number_format"] = NumberFormat(data["number_format"])
+    return Column(**data)
 
 
 def _jsonable(value: Any) -> Any:

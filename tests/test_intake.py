@@ -7,6 +7,7 @@ benchmark table.
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import warnings
 from pathlib import Path
@@ -31,12 +32,13 @@ from broker.intake import (
     load_dataset,
     load_holdout,
     make_safe_names,
+    read_labels,
     read_table,
     split_holdout,
     to_safe_frame,
 )
 from broker.metrics import compute_metrics
-from broker.schema import ColumnKind
+from broker.schema import ColumnKind, NumberFormat, Schema
 from broker.spec import JobSpec, Task
 
 SAFE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -869,11 +871,11 @@ def test_decimal_commas_elsewhere_are_never_read_as_thousands_separators(
     with pytest.warns(DataWarning) as caught:
         dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
     assert [str(w.message) for w in caught] == [
+        "read column(s) 'b' as numbers written with thousands separators (such as "
+        "'1,234,567'); the commas were removed",
         "column(s) 'a' hold numbers that may be written with a decimal comma (such "
         "as '0,5'); they are read as text, not numbers. Write numbers with '.' as "
         "the decimal mark to have them read as numbers",
-        "read column(s) 'b' as numbers written with thousands separators (such as "
-        "'1,234,567'); the commas were removed",
     ]
     assert dataset.frame["a"].tolist()[:2] == ["0,125", "0,5"]
     assert dataset.frame["b"].tolist()[:2] == [1250.0, 980.0]
@@ -948,30 +950,46 @@ def test_percentages_are_read_as_their_fractions(tmp_path: Path) -> None:
     assert dataset.frame["share"].tolist() == [12.5, -0.03, 0.005, 0.2, 0.4, 0.01]
 
 
-def test_holdout_rows_are_read_in_the_training_columns_unit(tmp_path: Path) -> None:
+def _percent_schema(tmp_path: Path) -> Schema:
     with pytest.warns(DataWarning):
-        dataset = load_dataset(JobSpec(data=_percent_table(tmp_path), target="y"))
-    holdout = pd.DataFrame(
-        {"rate": ["50%", "5", "1,000%"], "share": ["1%"] * 3, "label": ["none"] * 3}
-    )
+        return load_dataset(JobSpec(data=_percent_table(tmp_path), target="y")).schema
+
+
+def test_a_bare_number_in_a_column_of_percentages_is_missing_not_rescaled(
+    tmp_path: Path,
+) -> None:
+    schema = _percent_schema(tmp_path)
+    rows = {"share": ["1%"] * 3, "label": ["none"] * 3}
+    text_rows = pd.DataFrame({"rate": ["50%", "5", "1,000%"], **rows})
+    number_rows = pd.DataFrame({"rate": [50.0, 12.5, np.nan], **rows})
 
     with pytest.warns(DataWarning) as caught:
-        safe = to_safe_frame(holdout, dataset.schema, include_target=False)
+        from_text = to_safe_frame(text_rows, schema, include_target=False)
+        from_numbers = to_safe_frame(number_rows, schema, include_target=False)
 
-    # a bare "5" in a column of percentages is no 0.05 or 5: it is missing, and said
+    # "5" could be 5% or 500%: neither is guessed, and the user is told
     assert [str(w.message) for w in caught] == [
-        "column 'rate': 1 value(s) are not percentages, as this column's values were "
-        "in training, and were treated as missing, such as '5'"
+        "column 'rate': 1 value(s) are not percentages (a number followed by '%'), "
+        "as this column's values were in training, and were treated as missing, such "
+        "as '5'",
+        "column 'rate': 2 value(s) are not percentages (a number followed by '%'), "
+        "as this column's values were in training, and were treated as missing, such "
+        "as 50, 12.5",
     ]
-    assert safe["rate"].iloc[0] == 0.5 and safe["rate"].iloc[2] == 10.0
-    assert np.isnan(safe["rate"].iloc[1])
+    assert from_text["rate"].iloc[0] == 0.5 and from_text["rate"].iloc[2] == 10.0
+    assert np.isnan(from_text["rate"].iloc[1])
+    assert from_numbers["rate"].isna().all()
 
-    # a column of plain numbers in training does not read percentages later
+
+def test_a_column_of_plain_numbers_does_not_read_percentages_later() -> None:
     train = pd.DataFrame({"x": [float(i % 5) for i in range(10)], "y": list("ab") * 5})
-    plain = load_dataset(JobSpec(data=train, target="y"))
+    schema = load_dataset(JobSpec(data=train, target="y")).schema
+
     with pytest.warns(DataWarning, match=r"column 'x': 1 value\(s\) are not numbers"):
-        holdout = pd.DataFrame({"x": ["50%", "2"]})
-        safe = to_safe_frame(holdout, plain.schema, include_target=False)
+        safe = to_safe_frame(
+            pd.DataFrame({"x": ["50%", "2"]}), schema, include_target=False
+        )
+
     assert np.isnan(safe["x"].iloc[0]) and safe["x"].iloc[1] == 2.0
 
 
@@ -980,79 +998,102 @@ def test_semicolon_table_percentages_follow_the_columns_decimal_mark(
 ) -> None:
     commas = ["12,5%", "1.250,5 %", "3%", "0,1%", "7,25%", "50%"]
     points = ["0.125%", "1.5%", "2.25%", "3.5%", "4.75%", "5.5%"]
-    mixed = ["12,5%", "1.5%", "3%", "0,1%", "7,25%", "50%"]
-    text = "c;p;m;y\n" + "".join(
-        f"{c};{p};{m};{i % 2}\n"
-        for i, (c, p, m) in enumerate(zip(commas, points, mixed, strict=True))
-    )
+    mixed = ["12,5%", "3%", "1.5%", "0,1%", "7,25%", "50%"]
+    rows = enumerate(zip(commas, points, mixed, strict=True))
+    text = "c;p;m;y\n" + "".join(f"{c};{p};{m};{i % 2}\n" for i, (c, p, m) in rows)
 
     with pytest.warns(DataWarning) as caught:
         dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
 
     assert [str(w.message) for w in caught] == [
         "read column(s) 'c', 'p' as percentages (such as '12,5%' for 0.125)",
-        "column 'm' holds percentages whose numbers are not all written one way, such "
-        "as '1.5%'; it is read as text, not numbers. Write each as a number with the "
-        "same decimal mark (such as '12.5%') to have it read as percentages",
+        "column 'm' holds percentages written with a decimal comma and with a decimal "
+        "point, such as '1.5%'; it is read as text, not numbers. Write them all with "
+        "one decimal mark (such as '12,5%') to have it read as percentages",
     ]
     assert dataset.frame["c"].tolist() == [0.125, 12.505, 0.03, 0.001, 0.0725, 0.5]
     assert dataset.frame["p"].tolist() == [0.00125, 0.015, 0.0225, 0.035, 0.0475, 0.055]
-    assert dataset.frame["m"].tolist()[:2] == ["12,5%", "1.5%"]
+    assert dataset.frame["m"].tolist()[:3] == ["12,5%", "3%", "1.5%"]
+
+
+def test_semicolon_held_out_percentages_keep_the_columns_decimal_mark(
+    tmp_path: Path,
+) -> None:
+    commas = ["12,5%", "3%", "0,1%", "7,25%", "50%", "2%"]
+    points = ["0.125%", "1.5%", "2.25%", "3.5%", "4.75%", "5.5%"]
+    rows = enumerate(zip(commas, points, strict=True))
+    text = "c;p;y\n" + "".join(f"{c};{p};{i % 2}\n" for i, (c, p) in rows)
+    with pytest.warns(DataWarning):
+        schema = load_dataset(JobSpec(data=_write(tmp_path, text), target="y")).schema
+    holdout = pd.DataFrame({"c": ["2,5%", "1.500%"], "p": ["1,500%", "2.5%"]})
+
+    with pytest.warns(DataWarning) as caught:
+        safe = to_safe_frame(holdout, schema, include_target=False)
+
+    # "1.500%" beside decimal commas, and "1,500%" beside decimal points, could each
+    # be read two ways: both are missing, never 1000 times off
+    assert [str(w.message).split(", such as ")[1] for w in caught] == [
+        "'1.500%'",
+        "'1,500%'",
+    ]
+    assert safe["c"].iloc[0] == 0.025 and np.isnan(safe["c"].iloc[1])
+    assert np.isnan(safe["p"].iloc[0]) and safe["p"].iloc[1] == 0.025
 
 
 def test_percentages_beside_other_values_stay_text_with_the_way_out(
     tmp_path: Path,
 ) -> None:
-    rates = [f"{n}%" for n in (10, 20, 30, 40)] * 5 + ["0"]
-    quoted = ["1,25%", "0,5%", "2%", "3,75%"] * 5 + ["1%"]
-    text = "rate,q,y\n" + "".join(
-        f'{r},"{q}",{i % 2}\n'
-        for i, (r, q) in enumerate(zip(rates, quoted, strict=True))
-    )
+    rates = ["10%", "20%", "30%", "-"]
+    text = "rate,y\n" + "".join(f"{r},{i % 2}\n" for i, r in enumerate(rates * 2))
 
     with pytest.warns(DataWarning) as caught:
         dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
 
-    assert sorted(str(w.message) for w in caught) == [
-        "column 'rate' holds percentages but also values without a '%' sign, such as "
-        "'0'; it is read as text, not numbers. Write every value with a '%' sign, and "
-        "leave unknown values empty, to have it read as percentages",
-        "column(s) 'q' hold numbers that may be written with a decimal comma (such as "
-        "'0,5'); they are read as text, not numbers. Write numbers with '.' as the "
-        "decimal mark to have them read as numbers",
+    assert [str(w.message) for w in caught] == [
+        "column 'rate' holds percentages but also 2 value(s) that are not (a number "
+        "followed by '%'), such as '-'; it is read as text, not numbers. Write every "
+        "value as a percentage, and leave unknown values empty, to have it read as "
+        "percentages"
     ]
     kinds = {c.name: c.kind for c in dataset.schema.columns}
     assert kinds["rate"] == ColumnKind.CATEGORICAL
 
 
-def test_regression_target_of_percentages_and_its_holdout_labels(
+def test_decimal_comma_percentages_in_a_comma_table_get_the_decimal_comma_hint(
     tmp_path: Path,
 ) -> None:
-    values = [f"{n / 4:g}%" for n in range(3, 30)]
-    text = "x,y\n" + "".join(f"{i % 5},{v}\n" for i, v in enumerate(values))
-    path = _write(tmp_path, text)
+    quoted = ["1,25%", "0,5%", "2%", "3,75%"] * 2
+    text = "q,y\n" + "".join(f'"{q}",{i % 2}\n' for i, q in enumerate(quoted))
 
     with pytest.warns(DataWarning) as caught:
-        dataset = load_dataset(JobSpec(data=path, target="y"))
+        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
 
     assert [str(w.message) for w in caught] == [
-        "read the target 'y' as percentages (such as '12.5%' for 0.125)"
+        "column(s) 'q' hold numbers that may be written with a decimal comma (such as "
+        "'0,5'); they are read as text, not numbers. Write numbers with '.' as the "
+        "decimal mark to have them read as numbers",
     ]
-    assert dataset.schema.task == Task.REGRESSION
-    assert dataset.frame["y"].tolist()[:3] == [0.0075, 0.01, 0.0125]
-    holdout = pd.DataFrame({"x": [1, 2], "y": ["50%", "0.5"]})
-    spec = JobSpec(data=path, target="y", holdout_data=holdout)
-    with pytest.raises(InputError, match=r"must be percentages.*such as '0\.5'"):
-        load_holdout(spec, dataset.schema)
-    spec = JobSpec(data=path, target="y", holdout_data=holdout.iloc[:1])
-    held = load_holdout(spec, dataset.schema)
-    assert held is not None and held.frame["y"].tolist() == [0.5]
+    assert dataset.frame["q"].tolist()[:2] == ["1,25%", "0,5%"]
+
+
+def test_text_that_only_ends_in_a_percent_sign_stays_text_quietly(
+    tmp_path: Path,
+) -> None:
+    bins = ["0-10%", "10-20%", "<5%", ">95%", "−5%"] * 2
+    text = "band,y\n" + "".join(f"{b},{i % 2}\n" for i, b in enumerate(bins))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
+
+    kinds = {c.name: c.kind for c in dataset.schema.columns}
+    assert kinds["band"] == ColumnKind.CATEGORICAL
 
 
 def test_percentages_beyond_float_range_become_missing_not_an_error(
     tmp_path: Path,
 ) -> None:
-    values = ["1e1000002%", "5%", "1e-99999999999999999999%", "7%", "2%", "9%"]
+    values = ["1e1000002%", "5%", "1e-99999999999999999999%", "1e0000000001%", "2%"]
     text = "p,y\n" + "".join(f"{v},{i % 2}\n" for i, v in enumerate(values))
 
     with pytest.warns(DataWarning) as caught:
@@ -1060,7 +1101,92 @@ def test_percentages_beyond_float_range_become_missing_not_an_error(
 
     assert any("'p' (1 value(s))" in str(w.message) for w in caught)
     p = dataset.frame["p"].tolist()
-    assert np.isnan(p[0]) and p[1:] == [0.05, 0.0, 0.07, 0.02, 0.09]
+    assert np.isnan(p[0]) and p[1:] == [0.05, 0.0, 0.1, 0.02]
+
+
+def _percent_target(tmp_path: Path) -> Path:
+    values = [f"{n / 4:g}%" for n in range(3, 30)]
+    text = "x,y\n" + "".join(f"{i % 5},{v}\n" for i, v in enumerate(values))
+    return _write(tmp_path, text)
+
+
+def test_regression_target_of_percentages_is_read_as_fractions(tmp_path: Path) -> None:
+    with pytest.warns(DataWarning) as caught:
+        dataset = load_dataset(JobSpec(data=_percent_target(tmp_path), target="y"))
+
+    assert [str(w.message) for w in caught] == [
+        "read the target 'y' as percentages (such as '12.5%' for 0.125)"
+    ]
+    assert dataset.schema.task == Task.REGRESSION
+    target = dataset.schema.columns[-1]
+    assert target.kind == ColumnKind.TARGET
+    assert target.number_format == NumberFormat.PERCENT
+    assert dataset.frame["y"].tolist()[:3] == [0.0075, 0.01, 0.0125]
+
+
+def test_held_out_labels_of_a_percentage_target_are_read_as_in_training(
+    tmp_path: Path,
+) -> None:
+    with pytest.warns(DataWarning):
+        schema = load_dataset(
+            JobSpec(data=_percent_target(tmp_path), target="y")
+        ).schema
+
+    assert read_labels(pd.Series(["50%", "7.5 %"]), schema).tolist() == [0.5, 0.075]
+    for labels, shown in (
+        (pd.Series(["50%", "0.5"]), "'0.5'"),
+        (pd.Series([50.0, 7.5]), "50, 7.5"),
+        (pd.Series(["1e400%"]), "'1e400%'"),
+    ):
+        with pytest.raises(InputError) as caught:
+            read_labels(labels, schema)
+        assert "must be percentages, as in the training data" in str(caught.value)
+        assert f"such as {shown};" in str(caught.value)
+
+
+def test_a_few_distinct_percentages_stay_class_labels_as_written(
+    tmp_path: Path,
+) -> None:
+    values = ["10%", "20%", "30%"] * 4
+    text = "x,y\n" + "".join(f"{i % 4},{v}\n" for i, v in enumerate(values))
+
+    dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
+
+    assert dataset.schema.task == Task.MULTICLASS
+    assert dataset.schema.classes == ("10%", "20%", "30%")
+
+
+def test_a_percentage_target_beyond_float_range_is_refused_by_row(
+    tmp_path: Path,
+) -> None:
+    values = ["1e400%"] + [f"{n}%" for n in range(12)]
+    text = "x,y\n" + "".join(f"{i % 4},{v}\n" for i, v in enumerate(values))
+
+    with pytest.raises(InputError) as caught:
+        load_dataset(
+            JobSpec(data=_write(tmp_path, text), target="y", task="regression")
+        )
+
+    assert str(caught.value) == (
+        "the target 'y' holds a percentage beyond the range of numbers, '1e400%'; "
+        "correct or remove that row"
+    )
+
+
+def test_number_formats_survive_a_stored_schema_and_old_ones_load(
+    tmp_path: Path,
+) -> None:
+    schema = _percent_schema(tmp_path)
+    payload = schema.to_dict()
+    columns = {c["name"]: c for c in payload["columns"]}
+
+    assert columns["rate"]["number_format"] == "percent"
+    assert "number_format" not in columns["label"]  # as stored before formats existed
+    again = Schema.from_dict(json.loads(json.dumps(payload)))
+    assert again == schema
+    columns["rate"]["number_format"] = "permille"
+    with pytest.raises(ValueError, match="'permille' is not a valid NumberFormat"):
+        Schema.from_dict(payload)
 
 
 def test_spec_file_data_path_missing_names_the_spec_folder_rule(tmp_path: Path) -> None:
