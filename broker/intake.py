@@ -61,6 +61,7 @@ from broker.text_numbers import (
     PLAIN_NUMBER,
     european,
     is_percentage,
+    percent_example,
     percent_format,
     percent_number,
     percent_value,
@@ -668,13 +669,13 @@ def _read_text_numbers(
             f"read column(s) {listed(with_separators)} as numbers written with "
             f"thousands separators (such as '1,234,567'); the commas were removed"
         )
-    if formats:
-        comma = NumberFormat.PERCENT_DECIMAL_COMMA in formats.values()
-        example = "'12,5%'" if comma else "'12.5%'"
-        notes.append(
-            f"read column(s) {listed(list(formats))} as percentages (such as "
-            f"{example} for 0.125)"
-        )
+    for number_format in NumberFormat:
+        read = [name for name, f in formats.items() if f == number_format]
+        if read:
+            notes.append(
+                f"read column(s) {listed(read)} as percentages (such as "
+                f"{percent_example(number_format)} for 0.125)"
+            )
     if decimal_commas:
         notes.append(
             f"column(s) {listed(decimal_commas)} hold numbers that may be written "
@@ -698,24 +699,25 @@ def _percent_reading(
         return number_format, None
 
     others = [v for v in present if not is_percentage(v, decimal_comma)]
-    if not others:  # a semicolon table's percentages, some with a decimal point
-        pointed = next(
-            v
-            for v in present
-            if percent_value(v, NumberFormat.PERCENT_DECIMAL_COMMA, True) is None
+    if not others:  # a semicolon table's percentages, some with a comma, some not
+        comma = NumberFormat.PERCENT_DECIMAL_COMMA
+        with_comma = next(
+            v for v in present if "," in v and percent_value(v, comma, True)
         )
+        unlike = next(v for v in present if percent_value(v, comma, True) is None)
         return None, (
-            f"column {name!r} holds percentages written with a decimal comma and with "
-            f"a decimal point, such as {pointed!r}; it is read as text, not numbers. "
-            f"Write them all with one decimal mark (such as '12,5%') to have it read "
-            f"as percentages"
+            f"column {name!r} holds percentages with a decimal comma, such as "
+            f"{with_comma!r}, and others written differently, such as {unlike!r}; it is "
+            f"read as text, not numbers. Write them all with a decimal comma (such as "
+            f"'12,5%') to have it read as percentages"
         )
     if len(others) * 4 <= len(present):
+        example = next(v for v in present if is_percentage(v, decimal_comma))
         return None, (
-            f"column {name!r} holds percentages but also {len(others)} value(s) that "
-            f"are not (a number followed by '%'), such as {others[0]!r}; it is read as "
-            f"text, not numbers. Write every value as a percentage, and leave unknown "
-            f"values empty, to have it read as percentages"
+            f"column {name!r} holds percentages, such as {example!r}, but also "
+            f"{len(others)} other value(s), such as {others[0]!r}; it is read as text, "
+            f"not numbers. Write every value as a percentage like the others, and leave "
+            f"unknown values empty, to have it read as percentages"
         )
     return None, None
 
@@ -734,7 +736,9 @@ def _target_as_numbers(
     if not all(isinstance(v, str) for v in labels):
         return None
     number_format = percent_format(labels, decimal_comma)
-    if number_format is not None:
+    if number_format is None:
+        _refuse_stray_labels(labels, task, decimal_comma)
+    else:
         numbers = percentages(labels, number_format, decimal_comma, shift=0)
         finite = np.isfinite(numbers.to_numpy())
         if not finite.all():
@@ -742,8 +746,7 @@ def _target_as_numbers(
                 f"the target {labels.name!r} holds a percentage beyond the range of "
                 f"numbers, {labels[~finite].iloc[0]!r}; correct or remove that row"
             )
-        comma = number_format == NumberFormat.PERCENT_DECIMAL_COMMA
-        example = "'12,5%'" if comma else "'12.5%'"
+        example = percent_example(number_format)
         return numbers, f"as percentages (such as {example} for 0.125)", number_format
     if not any("," in v for v in labels):
         return None
@@ -757,6 +760,22 @@ def _target_as_numbers(
         )
         return _to_numbers(labels, ungrouped), how, None
     return None
+
+
+def _refuse_stray_labels(labels: pd.Series, task: Task, decimal_comma: bool) -> None:
+    """Raise an InputError naming the few labels that keep a target of percentages
+    from being read as numbers ("?", "n/a"), where it would be (a regression task, or
+    an inferred one with too many distinct values to be classes)."""
+    others = [v for v in labels if not is_percentage(v, decimal_comma)]
+    if not others or len(others) * 4 > len(labels):
+        return
+    if task == Task.AUTO and labels.nunique() <= MAX_INTEGER_CLASSES:
+        return
+    raise InputError(
+        f"the target {labels.name!r} holds percentages but also {len(others)} other "
+        f"value(s), such as {others[0]!r}; correct those rows, or leave their labels "
+        f"empty to have the rows dropped"
+    )
 
 
 def _all_european_numbers(values: pd.Series) -> bool:
@@ -879,6 +898,7 @@ def load_holdout(spec: JobSpec, schema: Schema) -> Dataset | None:
     frame, _ = read_table(spec.holdout_data, delimiter=spec.delimiter)
     needed = [*schema.feature_names, schema.target]
     _require_columns(needed, [str(c) for c in frame.columns], role="holdout")
+    warn_of_plain_numbers_for_percentages(frame, schema, "holdout data")
 
     frame, dropped_rows = _drop_missing_target(frame, schema.target, what="holdout")
     labels = _normalise_labels(frame[schema.target], schema)
@@ -1085,41 +1105,79 @@ def _normalise_labels(labels: pd.Series, schema: Schema) -> pd.Series:
 
 def _regression_labels(labels: pd.Series, schema: Schema) -> pd.Series:
     """Held-out labels of a regression target as float64, read as the training labels
-    were (numbers, or percentages); an InputError names those that are not."""
-    number_format = next(
-        (c.number_format for c in schema.columns if c.kind == ColumnKind.TARGET), None
-    )
-    numeric = pd.api.types.is_numeric_dtype(labels)
-    if number_format is None and numeric and not pd.api.types.is_bool_dtype(labels):
+    were (numbers; percentages as fractions, numbers there taken as fractions already);
+    an InputError names those that are not."""
+    number_format = _target_format(schema)
+    if pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels):
         return pd.Series(labels.to_numpy(dtype=np.float64), index=labels.index)
 
     values = labels.tolist()
     if number_format is None:
-        kind = "numbers"
+        expected = "numbers"
         numbers = [_as_number(v, schema.decimal_comma) for v in values]
     else:
-        kind = "percentages"
-        numbers = [
-            percent_value(v, number_format, schema.decimal_comma) for v in values
-        ]
-        numbers = [n if n is not None and math.isfinite(n) else None for n in numbers]
+        expected = f"percentages (such as {percent_example(number_format)})"
+        read = _percent_column(labels, number_format, schema.decimal_comma).tolist()
+        numbers = [n if math.isfinite(n) else None for n in read]
     bad = list(
         dict.fromkeys(v for v, n in zip(values, numbers, strict=True) if n is None)
     )
     if bad:
         raise InputError(
-            f"holdout labels of {schema.target!r} must be {kind}, as in the training "
-            f"data (a regression target), but {len(bad)} distinct value(s) are not, "
-            f"such as {', '.join(repr(_native(v)) for v in bad[:3])}; correct or "
-            f"remove those rows"
+            f"holdout labels of {schema.target!r} must be {expected}, as in the "
+            f"training data (a regression target), but {len(bad)} distinct value(s) "
+            f"are not, such as {', '.join(repr(_native(v)) for v in bad[:3])}; "
+            f"correct or remove those rows"
         )
     return pd.Series(numbers, index=labels.index, dtype=np.float64)
 
 
+def _target_format(schema: Schema) -> NumberFormat | None:
+    return next(
+        (c.number_format for c in schema.columns if c.kind == ColumnKind.TARGET), None
+    )
+
+
 def read_labels(labels: pd.Series, schema: Schema) -> pd.Series:
-    """Labels of the target as training read them: class labels in the schema's
-    spelling, or a regression target's numbers (percentages as fractions)."""
+    """Labels of the target read as training read them.
+
+    Args:
+        labels: Labels without missing values, as text or as read from a table.
+        schema: The training data's schema.
+
+    Returns:
+        Class labels in the schema's spelling, or a regression target's numbers as
+        float64 (percentages as fractions).
+
+    Raises:
+        InputError: A label is no class of the training data, or no number (or
+            percentage) where the target is numeric.
+    """
     return _normalise_labels(labels, schema)
+
+
+def warn_of_plain_numbers_for_percentages(
+    frame: pd.DataFrame, schema: Schema, what: str
+) -> None:
+    """Warn, once per column, where a user's table holds plain numbers in a column that
+    training read as percentages: they are taken as fractions (0.5 for 50%)."""
+    for column in schema.columns:
+        if column.number_format is None or column.name not in frame.columns:
+            continue
+        values = frame[column.name]
+        numbers = values.dropna()
+        if len(numbers) == 0 or not all(
+            isinstance(v, int | float | np.number) and not _is_bool(v) for v in numbers
+        ):
+            continue
+        warnings.warn(
+            f"column {column.name!r} of the {what} holds plain numbers, such as "
+            f"{_native(numbers.iloc[0])!r}, where training read percentages (such as "
+            f"{percent_example(column.number_format)}); they are taken as fractions "
+            f"(0.5 for 50%). Write them with a '%' sign if they are percentages",
+            DataWarning,
+            stacklevel=3,
+        )
 
 
 def _positive_class(labels: pd.Series, classes: list[Any]) -> Any:
@@ -1499,29 +1557,47 @@ def _numeric_values(
 ) -> pd.Series:
     name = column.name
     numeric = pd.api.types.is_numeric_dtype(values)
-    if column.number_format is not None:
-        # numbers are not percentages: a bare 50 could be 50% or 0.5
-        numbers = percentages(values, column.number_format, decimal_comma)
-        kind = (
-            "percentages (a number followed by '%'), as this column's values were "
-            "in training,"
-        )
-    elif numeric and not pd.api.types.is_bool_dtype(values):
+    if numeric and not pd.api.types.is_bool_dtype(values):
+        # numbers of a column of percentages are the fractions intake read
         return _finite(values.astype(np.float64), name)
+
+    if column.number_format is not None:
+        numbers = _percent_column(values, column.number_format, decimal_comma)
+        expected = (
+            f"percentages written as in training (such as "
+            f"{percent_example(column.number_format)})"
+        )
     else:
         text = values.astype(object).map(european if decimal_comma else ungrouped)
         numbers = pd.to_numeric(text, errors="coerce").astype(np.float64)
-        kind = "numbers"
+        expected = "numbers"
     bad = numbers.isna() & values.notna()
     if bad.any():
         examples = ", ".join(repr(_native(v)) for v in values[bad].unique()[:3])
         warnings.warn(
-            f"column {name!r}: {int(bad.sum())} value(s) are not {kind} and were "
+            f"column {name!r}: {int(bad.sum())} value(s) are not {expected} and were "
             f"treated as missing, such as {examples}",
             DataWarning,
             stacklevel=4,
         )
     return _finite(numbers, name)
+
+
+def _percent_column(
+    values: pd.Series, number_format: NumberFormat, decimal_comma: bool
+) -> pd.Series:
+    """A column of percentages as fractions: text read as `number_format` ("5" with no
+    sign is NaN: 5% or 500%?), numbers taken as the fractions intake made of them."""
+    fractions = percentages(values, number_format, decimal_comma)
+    numbers = [
+        float(v) if isinstance(v, int | float | np.number) and not _is_bool(v) else f
+        for v, f in zip(values.tolist(), fractions.tolist(), strict=True)
+    ]
+    return pd.Series(numbers, index=values.index, dtype=np.float64)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool | np.bool_)
 
 
 def _finite(numbers: pd.Series, name: str) -> pd.Series:

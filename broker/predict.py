@@ -133,6 +133,8 @@ def predict_from_run(
         raise InputError(f"no data to predict on: {str(source)!r} does not exist")
 
     frame, _ = intake.read_table(source)
+    if data is not None:  # the run's own held-out rows hold fractions already
+        intake.warn_of_plain_numbers_for_percentages(frame, schema, "rows")
     raw = run.predict_proba(frame) if schema.classes else run.predict(frame)
 
     result = pd.DataFrame(index=frame.index)

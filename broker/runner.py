@@ -1562,14 +1562,14 @@ def _prepared_from_folder(folder: Path, spec_payload: dict[str, Any]) -> Prepare
     """What scoring needs, from a run folder: the schema and the held-out rows."""
     import numpy as np
 
-    from broker.intake import Dataset, HoldoutSplit, _normalise_labels, read_table
+    from broker.intake import Dataset, HoldoutSplit, read_labels, read_table
     from broker.schema import Schema
     from broker.spec import parse_spec
 
     schema = Schema.from_dict(json.loads((folder / "schema.json").read_text("utf-8")))
     frame, _ = read_table(folder / HOLDOUT_FILE)
     frame = frame[frame[schema.target].notna()].reset_index(drop=True)
-    frame[schema.target] = _normalise_labels(frame[schema.target], schema)
+    frame[schema.target] = read_labels(frame[schema.target], schema)
     payload = {k: v for k, v in spec_payload.items() if k != "holdout_data"}
     spec = parse_spec(payload)
     dataset = Dataset(frame=frame, schema=schema, source=str(folder / HOLDOUT_FILE))

@@ -53,8 +53,8 @@ def european(value: Any) -> Any:
 
 
 def percent_number(value: Any) -> str | None:
-    """The text before the percent sign ("12.5" of "12.5 %"), when `value` is text that
-    ends in one after ASCII characters; else None."""
+    """The text before the percent sign ("12.5" of "12.5 %"), when `value` is text
+    that ends in one after ASCII characters; else None."""
     if not isinstance(value, str):
         return None
     match = _PERCENT.match(value.strip())
@@ -66,9 +66,9 @@ def percent_number(value: Any) -> str | None:
 def percent_value(
     value: Any, number_format: NumberFormat, decimal_comma: bool, *, shift: int = -2
 ) -> float | None:
-    """A percentage as its fraction ("12.5%" is 0.125; with ``shift=0`` the number as
-    written, 12.5), read as `number_format` in a table whose decimal mark is a comma or
-    not; None when `value` is no percentage written that way.
+    """A percentage as its fraction ("12.5%" is 0.125), read as `number_format` in a
+    table whose decimal mark is a comma or not; None when `value` is no percentage
+    written that way. ``shift=0`` gives the number as written (12.5) instead.
 
     With a decimal comma a value with a dot and no comma ("1.500%") is None: it could
     be read two ways. A semicolon table's ``PERCENT`` column has no commas at all."""
@@ -93,19 +93,27 @@ def percent_value(
 
 
 def percent_format(values: pd.Series, decimal_comma: bool) -> NumberFormat | None:
-    """The one way every value of `values` is written as a percentage: with a decimal
-    comma where a semicolon table's values have commas, else with a decimal point; None
-    when some value is no percentage written that way."""
-    numbers = [percent_number(v) for v in values]
-    if any(n is None for n in numbers):
-        return None
-    has_comma = decimal_comma and any("," in str(n) for n in numbers)
-    number_format = (
-        NumberFormat.PERCENT_DECIMAL_COMMA if has_comma else NumberFormat.PERCENT
-    )
-    if all(percent_value(v, number_format, decimal_comma) is not None for v in values):
-        return number_format
+    """The one way every value of `values` is written as a percentage, or None.
+
+    A semicolon table's percentages take its decimal comma ("12,5%", and whole ones
+    such as "12%"), unless every value has a decimal point and none a comma ("0.125%"),
+    as pandas reads that table's plain numbers."""
+    formats = [NumberFormat.PERCENT]
+    if decimal_comma:
+        formats.insert(0, NumberFormat.PERCENT_DECIMAL_COMMA)
+    for number_format in formats:
+        if all(
+            percent_value(v, number_format, decimal_comma) is not None for v in values
+        ):
+            return number_format
     return None
+
+
+def percent_example(number_format: NumberFormat) -> str:
+    """12.5% as `number_format` writes it, quoted, for messages."""
+    return (
+        "'12,5%'" if number_format == NumberFormat.PERCENT_DECIMAL_COMMA else "'12.5%'"
+    )
 
 
 def is_percentage(value: Any, decimal_comma: bool) -> bool:
@@ -123,8 +131,8 @@ def percentages(
     *,
     shift: int = -2,
 ) -> pd.Series:
-    """`values` as float64 fractions (see `percent_value`); missing values and values
-    that are no such percentage become NaN."""
+    """Text percentages as float64 fractions (see `percent_value`); missing values,
+    and values that are no such percentage, become NaN."""
     numbers = [
         np.nan
         if _is_missing(v)

@@ -960,25 +960,33 @@ def test_a_bare_number_in_a_column_of_percentages_is_missing_not_rescaled(
 ) -> None:
     schema = _percent_schema(tmp_path)
     rows = {"share": ["1%"] * 3, "label": ["none"] * 3}
-    text_rows = pd.DataFrame({"rate": ["50%", "5", "1,000%"], **rows})
-    number_rows = pd.DataFrame({"rate": [50.0, 12.5, np.nan], **rows})
+    holdout = pd.DataFrame({"rate": ["50%", "5", "1,000%"], **rows})
 
     with pytest.warns(DataWarning) as caught:
-        from_text = to_safe_frame(text_rows, schema, include_target=False)
-        from_numbers = to_safe_frame(number_rows, schema, include_target=False)
+        safe = to_safe_frame(holdout, schema, include_target=False)
 
     # "5" could be 5% or 500%: neither is guessed, and the user is told
     assert [str(w.message) for w in caught] == [
-        "column 'rate': 1 value(s) are not percentages (a number followed by '%'), "
-        "as this column's values were in training, and were treated as missing, such "
-        "as '5'",
-        "column 'rate': 2 value(s) are not percentages (a number followed by '%'), "
-        "as this column's values were in training, and were treated as missing, such "
-        "as 50, 12.5",
+        "column 'rate': 1 value(s) are not percentages written as in training (such "
+        "as '12.5%') and were treated as missing, such as '5'"
     ]
-    assert from_text["rate"].iloc[0] == 0.5 and from_text["rate"].iloc[2] == 10.0
-    assert np.isnan(from_text["rate"].iloc[1])
-    assert from_numbers["rate"].isna().all()
+    assert safe["rate"].iloc[0] == 0.5 and safe["rate"].iloc[2] == 10.0
+    assert np.isnan(safe["rate"].iloc[1])
+
+
+def test_the_fractions_intake_made_are_read_back_as_they_are(tmp_path: Path) -> None:
+    with pytest.warns(DataWarning):
+        dataset = load_dataset(JobSpec(data=_percent_table(tmp_path), target="y"))
+    stored = tmp_path / "holdout.csv.gz"
+    dataset.frame.to_csv(stored, index=False)  # as a run folder keeps its held-out rows
+    again, _ = read_table(stored)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        safe = to_safe_frame(again, dataset.schema)
+
+    assert safe["rate"].tolist()[:3] == [0.125, 0.07, 1.0]
+    assert safe["share"].tolist() == [12.5, -0.03, 0.005, 0.2, 0.4, 0.01]
 
 
 def test_a_column_of_plain_numbers_does_not_read_percentages_later() -> None:
@@ -1006,14 +1014,30 @@ def test_semicolon_table_percentages_follow_the_columns_decimal_mark(
         dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
 
     assert [str(w.message) for w in caught] == [
-        "read column(s) 'c', 'p' as percentages (such as '12,5%' for 0.125)",
-        "column 'm' holds percentages written with a decimal comma and with a decimal "
-        "point, such as '1.5%'; it is read as text, not numbers. Write them all with "
-        "one decimal mark (such as '12,5%') to have it read as percentages",
+        "read column(s) 'p' as percentages (such as '12.5%' for 0.125)",
+        "read column(s) 'c' as percentages (such as '12,5%' for 0.125)",
+        "column 'm' holds percentages with a decimal comma, such as '12,5%', and "
+        "others written differently, such as '1.5%'; it is read as text, not "
+        "numbers. Write them all with a decimal comma (such as '12,5%') to have it "
+        "read as percentages",
     ]
     assert dataset.frame["c"].tolist() == [0.125, 12.505, 0.03, 0.001, 0.0725, 0.5]
     assert dataset.frame["p"].tolist() == [0.00125, 0.015, 0.0225, 0.035, 0.0475, 0.055]
     assert dataset.frame["m"].tolist()[:3] == ["12,5%", "3%", "1.5%"]
+
+
+def test_whole_percentages_in_a_semicolon_table_take_its_decimal_comma(
+    tmp_path: Path,
+) -> None:
+    text = "r;y\n" + "".join(f"{n}%;{n % 2}\n" for n in range(1, 9))
+    with pytest.warns(DataWarning, match=r"'r' as percentages \(such as '12,5%'"):
+        schema = load_dataset(JobSpec(data=_write(tmp_path, text), target="y")).schema
+    holdout = pd.DataFrame({"r": ["12,5%", "12.5%"]})
+
+    with pytest.warns(DataWarning, match=r"1 value\(s\).*such as '12\.5%'$"):
+        safe = to_safe_frame(holdout, schema, include_target=False)
+
+    assert safe["r"].iloc[0] == 0.125 and np.isnan(safe["r"].iloc[1])
 
 
 def test_semicolon_held_out_percentages_keep_the_columns_decimal_mark(
@@ -1050,10 +1074,10 @@ def test_percentages_beside_other_values_stay_text_with_the_way_out(
         dataset = load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
 
     assert [str(w.message) for w in caught] == [
-        "column 'rate' holds percentages but also 2 value(s) that are not (a number "
-        "followed by '%'), such as '-'; it is read as text, not numbers. Write every "
-        "value as a percentage, and leave unknown values empty, to have it read as "
-        "percentages"
+        "column 'rate' holds percentages, such as '10%', but also 2 other value(s), "
+        "such as '-'; it is read as text, not numbers. Write every value as a "
+        "percentage like the others, and leave unknown values empty, to have it read "
+        "as percentages"
     ]
     kinds = {c.name: c.kind for c in dataset.schema.columns}
     assert kinds["rate"] == ColumnKind.CATEGORICAL
@@ -1133,15 +1157,53 @@ def test_held_out_labels_of_a_percentage_target_are_read_as_in_training(
         ).schema
 
     assert read_labels(pd.Series(["50%", "7.5 %"]), schema).tolist() == [0.5, 0.075]
+    # numbers are the fractions intake made, as a run folder stores them
+    assert read_labels(pd.Series([0.5, 0.075]), schema).tolist() == [0.5, 0.075]
     for labels, shown in (
         (pd.Series(["50%", "0.5"]), "'0.5'"),
-        (pd.Series([50.0, 7.5]), "50, 7.5"),
         (pd.Series(["1e400%"]), "'1e400%'"),
     ):
         with pytest.raises(InputError) as caught:
             read_labels(labels, schema)
-        assert "must be percentages, as in the training data" in str(caught.value)
+        assert "must be percentages (such as '12.5%'), as in the training" in str(
+            caught.value
+        )
         assert f"such as {shown};" in str(caught.value)
+
+
+def test_plain_numbers_for_percentages_in_a_holdout_file_are_named(
+    tmp_path: Path,
+) -> None:
+    path = _percent_target(tmp_path)
+    holdout = _write(tmp_path, "x,y\n1,50\n2,12.5\n", "hold.csv")
+    spec = JobSpec(data=path, target="y", holdout_data=holdout)
+    with pytest.warns(DataWarning):
+        schema = load_dataset(spec).schema
+
+    with pytest.warns(DataWarning) as caught:
+        held = load_holdout(spec, schema)
+
+    assert [str(w.message) for w in caught] == [
+        "column 'y' of the holdout data holds plain numbers, such as 50, where "
+        "training read percentages (such as '12.5%'); they are taken as fractions "
+        "(0.5 for 50%). Write them with a '%' sign if they are percentages"
+    ]
+    assert held is not None and held.frame["y"].tolist() == [50.0, 12.5]
+
+
+def test_a_few_stray_labels_in_a_target_of_percentages_are_named(
+    tmp_path: Path,
+) -> None:
+    values = [f"{n * 1.3:.1f}%" for n in range(1, 13)] + ["?"]
+    text = "x,y\n" + "".join(f"{i % 4},{v}\n" for i, v in enumerate(values))
+
+    with pytest.raises(InputError) as caught:
+        load_dataset(JobSpec(data=_write(tmp_path, text), target="y"))
+
+    assert str(caught.value) == (
+        "the target 'y' holds percentages but also 1 other value(s), such as '?'; "
+        "correct those rows, or leave their labels empty to have the rows dropped"
+    )
 
 
 def test_a_few_distinct_percentages_stay_class_labels_as_written(
