@@ -899,9 +899,12 @@ def load_holdout(spec: JobSpec, schema: Schema) -> Dataset | None:
     needed = [*schema.feature_names, schema.target]
     _require_columns(needed, [str(c) for c in frame.columns], role="holdout")
     warn_of_plain_numbers_for_percentages(frame, schema, "holdout data")
+    _check_holdout_features(frame, schema)
 
     frame, dropped_rows = _drop_missing_target(frame, schema.target, what="holdout")
-    labels = _normalise_labels(frame[schema.target], schema)
+    labels = _normalise_labels(
+        frame[schema.target], schema, _decimal_comma(frame, schema)
+    )
     frame[schema.target] = labels
     counts = _class_counts(labels, list(schema.classes))
     held_schema = replace(
@@ -919,6 +922,31 @@ def load_holdout(spec: JobSpec, schema: Schema) -> Dataset | None:
     )
     logger.info("loaded holdout %s: %d labelled rows", label, len(frame))
     return Dataset(frame=frame, schema=held_schema, source=label)
+
+
+def _check_holdout_features(frame: pd.DataFrame, schema: Schema) -> None:
+    """Read the holdout table's features now, before any money is spent: a numeric
+    column none of whose values can be read as in training is refused, and the
+    warnings of the others are given here rather than after training."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        safe = to_safe_frame(frame, schema, include_target=False)
+    for column in schema.features:
+        if column.kind != ColumnKind.NUMERIC:
+            continue
+        written = frame[column.name].notna()
+        if written.any() and safe.loc[written, column.safe_name].isna().all():
+            said = [
+                str(w.message) for w in caught if f"{column.name!r}" in str(w.message)
+            ]
+            raise InputError(
+                f"no value of column {column.name!r} of the holdout data can be read as "
+                f"in training ({said[0] if said else 'all are missing'}); write them as "
+                f"the training data does"
+            )
+    for warning in caught:
+        if issubclass(warning.category, DataWarning):
+            warnings.warn(warning.message, DataWarning, stacklevel=3)
 
 
 def _check_metric_fits(name: str, task: Task) -> None:
@@ -1078,9 +1106,16 @@ def _check_task_fits(
         )
 
 
-def _normalise_labels(labels: pd.Series, schema: Schema) -> pd.Series:
+def _normalise_labels(
+    labels: pd.Series,
+    schema: Schema,
+    decimal_comma: bool | None = None,
+    where: str = "holdout",
+) -> pd.Series:
     if schema.task == Task.REGRESSION:
-        return _regression_labels(labels, schema)
+        if decimal_comma is None:
+            decimal_comma = schema.decimal_comma
+        return _regression_labels(labels, schema, decimal_comma, where)
 
     by_value = {c: c for c in schema.classes}
     by_text = {str(c): c for c in schema.classes}
@@ -1103,28 +1138,31 @@ def _normalise_labels(labels: pd.Series, schema: Schema) -> pd.Series:
     return pd.Series(normalised, index=labels.index, dtype=object)
 
 
-def _regression_labels(labels: pd.Series, schema: Schema) -> pd.Series:
+def _regression_labels(
+    labels: pd.Series, schema: Schema, decimal_comma: bool, where: str
+) -> pd.Series:
     """Held-out labels of a regression target as float64, read as the training labels
     were (numbers; percentages as fractions, numbers there taken as fractions already);
     an InputError names those that are not."""
-    number_format = _target_format(schema)
+    target = next(c for c in schema.columns if c.kind == ColumnKind.TARGET)
     if pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels):
         return pd.Series(labels.to_numpy(dtype=np.float64), index=labels.index)
 
     values = labels.tolist()
-    if number_format is None:
+    if target.number_format is None:
         expected = "numbers"
-        numbers = [_as_number(v, schema.decimal_comma) for v in values]
+        numbers = [_as_number(v, decimal_comma) for v in values]
     else:
+        number_format = _read_as(target, schema, decimal_comma)
         expected = f"percentages (such as {percent_example(number_format)})"
-        read = _percent_column(labels, number_format, schema.decimal_comma).tolist()
+        read = _percent_column(labels, number_format, decimal_comma).tolist()
         numbers = [n if math.isfinite(n) else None for n in read]
     bad = list(
         dict.fromkeys(v for v, n in zip(values, numbers, strict=True) if n is None)
     )
     if bad:
         raise InputError(
-            f"holdout labels of {schema.target!r} must be {expected}, as in the "
+            f"{where} labels of {schema.target!r} must be {expected}, as in the "
             f"training data (a regression target), but {len(bad)} distinct value(s) "
             f"are not, such as {', '.join(repr(_native(v)) for v in bad[:3])}; "
             f"correct or remove those rows"
@@ -1132,18 +1170,21 @@ def _regression_labels(labels: pd.Series, schema: Schema) -> pd.Series:
     return pd.Series(numbers, index=labels.index, dtype=np.float64)
 
 
-def _target_format(schema: Schema) -> NumberFormat | None:
-    return next(
-        (c.number_format for c in schema.columns if c.kind == ColumnKind.TARGET), None
-    )
-
-
-def read_labels(labels: pd.Series, schema: Schema) -> pd.Series:
+def read_labels(
+    labels: pd.Series,
+    schema: Schema,
+    *,
+    decimal_comma: bool | None = None,
+    where: str = "holdout",
+) -> pd.Series:
     """Labels of the target read as training read them.
 
     Args:
         labels: Labels without missing values, as text or as read from a table.
         schema: The training data's schema.
+        decimal_comma: Whether the labels' table writes a decimal comma; default as
+            the training table did.
+        where: What the labels are, for messages ("holdout", "new rows'").
 
     Returns:
         Class labels in the schema's spelling, or a regression target's numbers as
@@ -1153,14 +1194,15 @@ def read_labels(labels: pd.Series, schema: Schema) -> pd.Series:
         InputError: A label is no class of the training data, or no number (or
             percentage) where the target is numeric.
     """
-    return _normalise_labels(labels, schema)
+    return _normalise_labels(labels, schema, decimal_comma, where)
 
 
 def warn_of_plain_numbers_for_percentages(
     frame: pd.DataFrame, schema: Schema, what: str
 ) -> None:
     """Warn, once per column, where a user's table holds plain numbers in a column that
-    training read as percentages: they are taken as fractions (0.5 for 50%)."""
+    training read as percentages, some beyond 1 (so likely percentages, such as 50):
+    they are taken as fractions, so 50 is 5000%."""
     for column in schema.columns:
         if column.number_format is None or column.name not in frame.columns:
             continue
@@ -1170,9 +1212,12 @@ def warn_of_plain_numbers_for_percentages(
             isinstance(v, int | float | np.number) and not _is_bool(v) for v in numbers
         ):
             continue
+        beyond = numbers[pd.to_numeric(numbers).abs() > 1]
+        if len(beyond) == 0:
+            continue  # fractions, as intake and a run folder write them
         warnings.warn(
             f"column {column.name!r} of the {what} holds plain numbers, such as "
-            f"{_native(numbers.iloc[0])!r}, where training read percentages (such as "
+            f"{_native(beyond.iloc[0])!r}, where training read percentages (such as "
             f"{percent_example(column.number_format)}); they are taken as fractions "
             f"(0.5 for 50%). Write them with a '%' sign if they are percentages",
             DataWarning,
@@ -1529,20 +1574,43 @@ def to_safe_frame(
     if missing:
         _require_columns(missing, list(available), role="holdout")
 
+    decimal_comma = _decimal_comma(frame, schema)
     data: dict[str, pd.Series] = {}
     for column in wanted:
         key = available.get(column.name, available.get(column.safe_name))
-        data[column.safe_name] = _typed_values(frame[key], column, schema)
+        data[column.safe_name] = _typed_values(
+            frame[key], column, schema, decimal_comma
+        )
     return pd.DataFrame(data, index=frame.index)
 
 
-def _typed_values(values: pd.Series, column: Column, schema: Schema) -> pd.Series:
+def _decimal_comma(frame: pd.DataFrame, schema: Schema) -> bool:
+    """Whether `frame`'s text numbers have a decimal comma: as its own file was written
+    (a semicolon-separated one), else as the training table was."""
+    delimiter = frame.attrs.get(DELIMITER_ATTR)
+    return schema.decimal_comma if delimiter is None else delimiter == ";"
+
+
+def _read_as(column: Column, schema: Schema, decimal_comma: bool) -> NumberFormat:
+    """How to read a column of percentages in a table whose decimal mark may differ
+    from the training table's: as training did, else as that table writes them."""
+    assert column.number_format is not None
+    if decimal_comma == schema.decimal_comma:
+        return column.number_format
+    if decimal_comma:
+        return NumberFormat.PERCENT_DECIMAL_COMMA
+    return NumberFormat.PERCENT
+
+
+def _typed_values(
+    values: pd.Series, column: Column, schema: Schema, decimal_comma: bool
+) -> pd.Series:
     if column.kind == ColumnKind.TARGET:
         if schema.task == Task.REGRESSION:
             return pd.to_numeric(values, errors="coerce").astype(np.float64)
         return values.astype(object)
     if column.kind == ColumnKind.NUMERIC:
-        return _numeric_values(values, column, schema.decimal_comma)
+        return _numeric_values(values, column, schema, decimal_comma)
     if column.kind == ColumnKind.DATETIME:
         # TODO(datetime-features): backends get datetime64; no expansion into parts yet.
         return pd.to_datetime(values, errors="coerce")
@@ -1553,7 +1621,7 @@ def _typed_values(values: pd.Series, column: Column, schema: Schema) -> pd.Serie
 
 
 def _numeric_values(
-    values: pd.Series, column: Column, decimal_comma: bool = False
+    values: pd.Series, column: Column, schema: Schema, decimal_comma: bool
 ) -> pd.Series:
     name = column.name
     numeric = pd.api.types.is_numeric_dtype(values)
@@ -1562,10 +1630,11 @@ def _numeric_values(
         return _finite(values.astype(np.float64), name)
 
     if column.number_format is not None:
-        numbers = _percent_column(values, column.number_format, decimal_comma)
+        number_format = _read_as(column, schema, decimal_comma)
+        numbers = _percent_column(values, number_format, decimal_comma)
         expected = (
             f"percentages written as in training (such as "
-            f"{percent_example(column.number_format)})"
+            f"{percent_example(number_format)})"
         )
     else:
         text = values.astype(object).map(european if decimal_comma else ungrouped)

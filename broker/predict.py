@@ -50,6 +50,7 @@ class RunModel:
                 f"the data lacks feature column(s) {missing} that the model was "
                 "trained on"
             )
+        intake.warn_of_plain_numbers_for_percentages(frame, self.schema, "rows")
         return intake.to_safe_frame(frame, self.schema, include_target=False)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
@@ -133,9 +134,23 @@ def predict_from_run(
         raise InputError(f"no data to predict on: {str(source)!r} does not exist")
 
     frame, _ = intake.read_table(source)
-    if data is not None:  # the run's own held-out rows hold fractions already
-        intake.warn_of_plain_numbers_for_percentages(frame, schema, "rows")
     raw = run.predict_proba(frame) if schema.classes else run.predict(frame)
+
+    metrics = None  # labels are read before anything is written: they may be refused
+    if schema.target in frame.columns:
+        labelled = frame[schema.target].notna().to_numpy()
+        y_true = frame[schema.target].to_numpy()[labelled]
+        if schema.task.value == "regression":  # "1,250", "12.5%" read as in training
+            written = frame[schema.target][labelled]
+            y_true = intake.read_labels(
+                written,
+                schema,
+                decimal_comma=frame.attrs.get(intake.DELIMITER_ATTR) == ";",
+                where="new rows'" if data is not None else "holdout",
+            ).to_numpy()
+        elif schema.classes:
+            y_true = _as_class_labels(y_true, schema.classes)
+        metrics = compute_metrics(schema, y_true, raw[labelled])
 
     result = pd.DataFrame(index=frame.index)
     if schema.classes:
@@ -149,17 +164,6 @@ def predict_from_run(
     default_name = f"predictions-{_file_stem(data)}.csv" if data else "predictions.csv"
     out = out or run_dir / default_name
     result.to_csv(out, index=False)
-
-    metrics = None
-    if schema.target in frame.columns:
-        labelled = frame[schema.target].notna().to_numpy()
-        y_true = frame[schema.target].to_numpy()[labelled]
-        if schema.task.value == "regression":  # "1,250", "12.5%" read as in training
-            y_true = intake.read_labels(frame[schema.target][labelled], schema)
-            y_true = y_true.to_numpy()
-        elif schema.classes:
-            y_true = _as_class_labels(y_true, schema.classes)
-        metrics = compute_metrics(schema, y_true, raw[labelled])
     logger.info("predicted %d rows with %s", len(result), run_dir / "model")
     return PredictOutcome(path=out, n=len(result), metrics=metrics)
 

@@ -1191,6 +1191,26 @@ def test_plain_numbers_for_percentages_in_a_holdout_file_are_named(
     assert held is not None and held.frame["y"].tolist() == [50.0, 12.5]
 
 
+def test_holdout_features_that_cannot_be_read_are_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    spec = JobSpec(data=_percent_table(tmp_path), target="y")
+    with pytest.warns(DataWarning):
+        schema = load_dataset(spec).schema
+    rows = "".join(f'"{n},5%",1%,none,{n % 2}\n' for n in range(4))
+    holdout = _write(tmp_path, "rate,share,label,y\n" + rows, "hold.csv")
+
+    with pytest.raises(InputError) as caught:
+        load_holdout(spec.model_copy(update={"holdout_data": holdout}), schema)
+
+    assert str(caught.value) == (
+        "no value of column 'rate' of the holdout data can be read as in training "
+        "(column 'rate': 4 value(s) are not percentages written as in training (such "
+        "as '12.5%') and were treated as missing, such as '0,5%', '1,5%', '2,5%'); "
+        "write them as the training data does"
+    )
+
+
 def test_a_few_stray_labels_in_a_target_of_percentages_are_named(
     tmp_path: Path,
 ) -> None:
