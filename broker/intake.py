@@ -899,9 +899,8 @@ def load_holdout(spec: JobSpec, schema: Schema) -> Dataset | None:
     needed = [*schema.feature_names, schema.target]
     _require_columns(needed, [str(c) for c in frame.columns], role="holdout")
     warn_of_plain_numbers_for_percentages(frame, schema, "holdout data")
-    _check_holdout_features(frame, schema)
-
     frame, dropped_rows = _drop_missing_target(frame, schema.target, what="holdout")
+    _check_holdout_features(frame, schema)
     labels = _normalise_labels(
         frame[schema.target], schema, _decimal_comma(frame, schema)
     )
@@ -932,17 +931,17 @@ def _check_holdout_features(frame: pd.DataFrame, schema: Schema) -> None:
         warnings.simplefilter("always", DataWarning)
         safe = to_safe_frame(frame, schema, include_target=False)
     for column in schema.features:
-        if column.kind != ColumnKind.NUMERIC:
+        if column.kind not in (ColumnKind.NUMERIC, ColumnKind.DATETIME):
             continue
         written = frame[column.name].notna()
         if written.any() and safe.loc[written, column.safe_name].isna().all():
             said = [
                 str(w.message) for w in caught if f"{column.name!r}" in str(w.message)
             ]
+            reason = said[0] if said else "none of its values is a date or time"
             raise InputError(
                 f"no value of column {column.name!r} of the holdout data can be read as "
-                f"in training ({said[0] if said else 'all are missing'}); write them as "
-                f"the training data does"
+                f"in training ({reason}); write them as the training data does"
             )
     for warning in caught:
         if issubclass(warning.category, DataWarning):
@@ -1151,9 +1150,11 @@ def _regression_labels(
     values = labels.tolist()
     if target.number_format is None:
         expected = "numbers"
-        numbers = [_as_number(v, decimal_comma) for v in values]
+        # as in training, a comma is a decimal mark only beside others that are
+        comma = decimal_comma and _has_comma(labels)
+        numbers = [_as_number(v, comma) for v in values]
     else:
-        number_format = _read_as(target, schema, decimal_comma)
+        number_format = _read_as(target, schema, decimal_comma, labels)
         expected = f"percentages (such as {percent_example(number_format)})"
         read = _percent_column(labels, number_format, decimal_comma).tolist()
         numbers = [n if math.isfinite(n) else None for n in read]
@@ -1591,15 +1592,22 @@ def _decimal_comma(frame: pd.DataFrame, schema: Schema) -> bool:
     return schema.decimal_comma if delimiter is None else delimiter == ";"
 
 
-def _read_as(column: Column, schema: Schema, decimal_comma: bool) -> NumberFormat:
+def _read_as(
+    column: Column, schema: Schema, decimal_comma: bool, values: pd.Series
+) -> NumberFormat:
     """How to read a column of percentages in a table whose decimal mark may differ
-    from the training table's: as training did, else as that table writes them."""
+    from the training table's: as training did, else as `values` are written there
+    (a semicolon table's with a decimal comma where some value has a comma)."""
     assert column.number_format is not None
     if decimal_comma == schema.decimal_comma:
         return column.number_format
-    if decimal_comma:
+    if decimal_comma and _has_comma(values):
         return NumberFormat.PERCENT_DECIMAL_COMMA
     return NumberFormat.PERCENT
+
+
+def _has_comma(values: pd.Series) -> bool:
+    return any(isinstance(v, str) and "," in v for v in values)
 
 
 def _typed_values(
@@ -1630,14 +1638,17 @@ def _numeric_values(
         return _finite(values.astype(np.float64), name)
 
     if column.number_format is not None:
-        number_format = _read_as(column, schema, decimal_comma)
+        number_format = _read_as(column, schema, decimal_comma, values)
         numbers = _percent_column(values, number_format, decimal_comma)
         expected = (
             f"percentages written as in training (such as "
             f"{percent_example(number_format)})"
         )
     else:
-        text = values.astype(object).map(european if decimal_comma else ungrouped)
+        # as in training, dots group thousands only where some value has a decimal
+        # comma; "0.125" alone in a semicolon table is read as pandas reads it
+        comma = decimal_comma and _has_comma(values)
+        text = values.astype(object).map(european if comma else ungrouped)
         numbers = pd.to_numeric(text, errors="coerce").astype(np.float64)
         expected = "numbers"
     bad = numbers.isna() & values.notna()

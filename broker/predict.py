@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from broker.errors import InputError
+from broker.errors import DataWarning, InputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,7 +51,8 @@ class RunModel:
                 f"the data lacks feature column(s) {missing} that the model was "
                 "trained on"
             )
-        intake.warn_of_plain_numbers_for_percentages(frame, self.schema, "rows")
+        features = frame[self.schema.feature_names]
+        intake.warn_of_plain_numbers_for_percentages(features, self.schema, "rows")
         return intake.to_safe_frame(frame, self.schema, include_target=False)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
@@ -134,10 +136,22 @@ def predict_from_run(
         raise InputError(f"no data to predict on: {str(source)!r} does not exist")
 
     frame, _ = intake.read_table(source)
-    raw = run.predict_proba(frame) if schema.classes else run.predict(frame)
+    with warnings.catch_warnings():
+        if data is None:
+            # The run's own rows: numbers as intake read them (fractions for
+            # percentages), text (in older run folders) as the training table wrote it.
+            frame.attrs.pop(intake.DELIMITER_ATTR, None)
+            warnings.filterwarnings(
+                "ignore", "column .* holds plain numbers", DataWarning
+            )
+        elif schema.target in frame.columns:
+            target = frame[[schema.target]]
+            intake.warn_of_plain_numbers_for_percentages(target, schema, "rows")
+        raw = run.predict_proba(frame) if schema.classes else run.predict(frame)
 
     metrics = None  # labels are read before anything is written: they may be refused
-    if schema.target in frame.columns:
+    has_target = schema.target in frame.columns
+    if has_target and frame[schema.target].notna().any():  # unlabelled: not scored
         labelled = frame[schema.target].notna().to_numpy()
         y_true = frame[schema.target].to_numpy()[labelled]
         if schema.task.value == "regression":  # "1,250", "12.5%" read as in training

@@ -1518,8 +1518,11 @@ class Broker:
             if prepared.holdout is not None
             else prepared.dataset.frame.loc[prepared.split.test_index]
         )
-        # The held-out rows travel with the run so `predict` can reproduce the metrics.
-        holdout.to_csv(folder / HOLDOUT_FILE, index=False)
+        # The held-out rows travel with the run so `predict` can reproduce the metrics;
+        # numbers as read, so the file needs no decimal mark of its own to read back.
+        _as_numbers_read(holdout, prepared.dataset.schema).to_csv(
+            folder / HOLDOUT_FILE, index=False
+        )
 
     def _budget_left_usd(
         self, job_id: str, spec: JobSpec, this_attempt: str | None = None
@@ -1558,16 +1561,43 @@ class _StoredCandidate:
     rank_reason: str
 
 
+def _as_numbers_read(frame: Any, schema: Any) -> Any:
+    """`frame` with its numeric features as intake read them (1234.5 for "1.234,5",
+    0.125 for "12.5%"); other columns as written."""
+    import warnings
+
+    from broker.errors import DataWarning
+    from broker.intake import to_safe_frame
+    from broker.schema import ColumnKind
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # said when the rows were read
+        typed = to_safe_frame(frame, schema, include_target=False)
+    stored = frame.copy()
+    for column in schema.features:
+        if column.kind == ColumnKind.NUMERIC:
+            stored[column.name] = typed[column.safe_name]
+    return stored
+
+
 def _prepared_from_folder(folder: Path, spec_payload: dict[str, Any]) -> Prepared:
     """What scoring needs, from a run folder: the schema and the held-out rows."""
     import numpy as np
 
-    from broker.intake import Dataset, HoldoutSplit, read_labels, read_table
+    from broker.intake import (
+        DELIMITER_ATTR,
+        Dataset,
+        HoldoutSplit,
+        read_labels,
+        read_table,
+    )
     from broker.schema import Schema
     from broker.spec import parse_spec
 
     schema = Schema.from_dict(json.loads((folder / "schema.json").read_text("utf-8")))
     frame, _ = read_table(folder / HOLDOUT_FILE)
+    # numbers as intake read them; text (older run folders) as the training table wrote it
+    frame.attrs.pop(DELIMITER_ATTR, None)
     frame = frame[frame[schema.target].notna()].reset_index(drop=True)
     frame[schema.target] = read_labels(frame[schema.target], schema)
     payload = {k: v for k, v in spec_payload.items() if k != "holdout_data"}

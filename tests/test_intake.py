@@ -1211,6 +1211,23 @@ def test_holdout_features_that_cannot_be_read_are_refused_before_training(
     )
 
 
+def test_holdout_dates_that_cannot_be_read_are_refused_too(tmp_path: Path) -> None:
+    rows = "".join(f"2024-01-{d:02d},{d % 3},{d % 2}\n" for d in range(1, 13))
+    spec = JobSpec(data=_write(tmp_path, "when,x,y\n" + rows), target="y")
+    schema = load_dataset(spec).schema
+    text = "when,x,y\nsoon,1,0\n2024-02-01,2,\nlater,0,1\n"
+    holdout = _write(tmp_path, text, "hold.csv")
+
+    with pytest.raises(InputError) as caught, pytest.warns(DataWarning):
+        load_holdout(spec.model_copy(update={"holdout_data": holdout}), schema)
+
+    # the one readable date is on a row without a label, which is dropped first
+    assert str(caught.value) == (
+        "no value of column 'when' of the holdout data can be read as in training "
+        "(none of its values is a date or time); write them as the training data does"
+    )
+
+
 def test_a_few_stray_labels_in_a_target_of_percentages_are_named(
     tmp_path: Path,
 ) -> None:

@@ -13,8 +13,9 @@ import pytest
 
 from broker import predict
 from broker.errors import DataWarning, InputError
-from broker.intake import load_dataset
-from broker.predict import RunModel, predict_from_run
+from broker.intake import load_dataset, load_holdout, read_table
+from broker.predict import HOLDOUT_FILE, RunModel, predict_from_run
+from broker.runner import _as_numbers_read
 from broker.spec import JobSpec
 
 
@@ -92,3 +93,55 @@ def test_plain_numbers_beyond_1_for_percentages_are_warned_of(
     ]
     assert as_percent.tolist() == [5.9, 0.1]
     assert as_fractions.tolist() == [0.059, 0.1]
+
+
+def test_a_blank_label_column_still_writes_the_predictions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir, _ = _percent_run(tmp_path, monkeypatch)
+    new = tmp_path / "new.csv"
+    new.write_text("rate,x,y\n1.5%,1,\n2.5%,0,\n")
+
+    outcome = predict_from_run(run_dir, new)
+
+    assert outcome.metrics is None
+    assert pd.read_csv(outcome.path)["prediction"].tolist() == [1.015, 0.025]
+
+
+def test_a_semicolon_file_with_decimal_points_is_read_as_pandas_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, model = _percent_run(tmp_path, monkeypatch)
+    new = tmp_path / "new.csv"
+    new.write_text("rate;x\n1.5%;0.125\n2.5%;0.250\n3.5%;?\n")
+    frame, _ = read_table(new)
+
+    with pytest.warns(DataWarning, match=r"column 'x': 1 value\(s\) are not numbers"):
+        features = model.features(frame)
+
+    # no comma anywhere: the dots are decimal points, never thousands (125, 250)
+    assert features["rate"].tolist() == [0.015, 0.025, 0.035]
+    assert features["x"].tolist()[:2] == [0.125, 0.25]
+
+
+def test_the_run_folders_own_rows_read_back_as_scored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir, _ = _percent_run(tmp_path, monkeypatch)
+    holdout = tmp_path / "hold.csv"
+    holdout.write_text("rate;x;y\n2,5%;-1,671;4%\n1.000,5%;2,25;600%\n")
+    spec = JobSpec(data=tmp_path / "train.csv", target="y", holdout_data=holdout)
+    with pytest.warns(DataWarning):
+        schema = load_dataset(spec).schema
+    held = load_holdout(spec, schema)
+    assert held is not None
+    _as_numbers_read(held.frame, schema).to_csv(run_dir / HOLDOUT_FILE, index=False)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        outcome = predict_from_run(run_dir)
+
+    # rate + x as the holdout file wrote them: 0.025 - 1.671 and 10.005 + 2.25
+    written = pd.read_csv(outcome.path)["prediction"].tolist()
+    assert written == pytest.approx([-1.646, 12.255])
+    assert outcome.metrics is not None
