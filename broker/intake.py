@@ -547,7 +547,7 @@ def build_schema(
         # the task follows the numbers as written: "10%", "20%", "30%" are 3 classes
         labels, resolved, classes = _resolve_task(numbers, target, task)
         if resolved == Task.REGRESSION:
-            if number_format is not None:
+            if number_format is not None and number_format.is_percent:
                 labels = percentages(frame[target], number_format, decimal_comma)
             target_format = number_format
             warnings.warn(
@@ -555,6 +555,8 @@ def build_schema(
             )
         else:  # a few whole numbers are classes: keep the labels as written
             labels, classes = _spelled_as_written(labels, classes, frame[target])
+    if resolved == Task.REGRESSION and decimal_comma and target_format is None:
+        target_format = NumberFormat.DECIMAL_POINT  # numbers pandas read
     frame[target] = labels
     features = [name for name in columns if name != target and name not in ignored]
     formats = _read_text_numbers(frame, features, decimal_comma)
@@ -570,8 +572,10 @@ def build_schema(
             typed.append(_ignored_column(name, safe[name], frame[name]))
         else:
             column = _typed_column(name, safe[name], frame[name])
-            if name in formats and column.kind == ColumnKind.NUMERIC:
-                column = replace(column, number_format=formats[name])
+            if column.kind == ColumnKind.NUMERIC:
+                # a semicolon table's other numbers are as pandas read them
+                default = NumberFormat.DECIMAL_POINT if decimal_comma else None
+                column = replace(column, number_format=formats.get(name, default))
             typed.append(column)
     _require_features(typed, target)
     positive = _positive_class(labels, classes) if resolved == Task.BINARY else None
@@ -631,6 +635,7 @@ def _read_text_numbers(
         if decimal_comma and _all_european_numbers(present):
             frame[name] = _to_numbers(values, european)
             with_decimal_comma.append(name)
+            formats[name] = NumberFormat.DECIMAL_COMMA
             continue
         if any(percent_number(v) is not None for v in sample):
             numbers = present.map(percent_number)
@@ -669,7 +674,7 @@ def _read_text_numbers(
             f"read column(s) {listed(with_separators)} as numbers written with "
             f"thousands separators (such as '1,234,567'); the commas were removed"
         )
-    for number_format in NumberFormat:
+    for number_format in (NumberFormat.PERCENT, NumberFormat.PERCENT_DECIMAL_COMMA):
         read = [name for name, f in formats.items() if f == number_format]
         if read:
             notes.append(
@@ -752,7 +757,7 @@ def _target_as_numbers(
         return None
     if decimal_comma and _all_european_numbers(labels):
         how = "as numbers written with a decimal comma (such as '7,5')"
-        return _to_numbers(labels, european), how, None
+        return _to_numbers(labels, european), how, NumberFormat.DECIMAL_COMMA
     if _all_numbers_as_text(labels):
         how = (
             "as numbers written with thousands separators (such as '1,234,567'); "
@@ -1148,10 +1153,9 @@ def _regression_labels(
         return pd.Series(labels.to_numpy(dtype=np.float64), index=labels.index)
 
     values = labels.tolist()
-    if target.number_format is None:
+    if target.number_format is None or not target.number_format.is_percent:
         expected = "numbers"
-        # as in training, a comma is a decimal mark only beside others that are
-        comma = decimal_comma and _has_comma(labels)
+        comma = _number_reader(target, schema, decimal_comma, labels) is european
         numbers = [_as_number(v, comma) for v in values]
     else:
         number_format = _read_as(target, schema, decimal_comma, labels)
@@ -1205,7 +1209,10 @@ def warn_of_plain_numbers_for_percentages(
     training read as percentages, some beyond 1 (so likely percentages, such as 50):
     they are taken as fractions, so 50 is 5000%."""
     for column in schema.columns:
-        if column.number_format is None or column.name not in frame.columns:
+        number_format = column.number_format
+        if number_format is None or not number_format.is_percent:
+            continue
+        if column.name not in frame.columns:
             continue
         values = frame[column.name]
         numbers = values.dropna()
@@ -1219,7 +1226,7 @@ def warn_of_plain_numbers_for_percentages(
         warnings.warn(
             f"column {column.name!r} of the {what} holds plain numbers, such as "
             f"{_native(beyond.iloc[0])!r}, where training read percentages (such as "
-            f"{percent_example(column.number_format)}); they are taken as fractions "
+            f"{percent_example(number_format)}); they are taken as fractions "
             f"(0.5 for 50%). Write them with a '%' sign if they are percentages",
             DataWarning,
             stacklevel=3,
@@ -1598,12 +1605,29 @@ def _read_as(
     """How to read a column of percentages in a table whose decimal mark may differ
     from the training table's: as training did, else as `values` are written there
     (a semicolon table's with a decimal comma where some value has a comma)."""
-    assert column.number_format is not None
+    assert column.number_format is not None and column.number_format.is_percent
     if decimal_comma == schema.decimal_comma:
         return column.number_format
     if decimal_comma and _has_comma(values):
         return NumberFormat.PERCENT_DECIMAL_COMMA
     return NumberFormat.PERCENT
+
+
+def _number_reader(
+    column: Column, schema: Schema, decimal_comma: bool, values: pd.Series
+) -> Callable[[Any], Any]:
+    """How to read a numeric column's text numbers in a table whose decimal mark may
+    differ from the training table's: `european` (dots group thousands) where the
+    column was written so in training, in a schema that predates number formats, or
+    where some value of a semicolon table's column has a decimal comma; else
+    `ungrouped` (commas group thousands, dots are decimal points)."""
+    if not decimal_comma:
+        return ungrouped
+    if column.number_format == NumberFormat.DECIMAL_COMMA:
+        return european
+    if column.number_format is None and schema.decimal_comma:
+        return european
+    return european if _has_comma(values) else ungrouped
 
 
 def _has_comma(values: pd.Series) -> bool:
@@ -1637,7 +1661,7 @@ def _numeric_values(
         # numbers of a column of percentages are the fractions intake read
         return _finite(values.astype(np.float64), name)
 
-    if column.number_format is not None:
+    if column.number_format is not None and column.number_format.is_percent:
         number_format = _read_as(column, schema, decimal_comma, values)
         numbers = _percent_column(values, number_format, decimal_comma)
         expected = (
@@ -1645,10 +1669,8 @@ def _numeric_values(
             f"{percent_example(number_format)})"
         )
     else:
-        # as in training, dots group thousands only where some value has a decimal
-        # comma; "0.125" alone in a semicolon table is read as pandas reads it
-        comma = decimal_comma and _has_comma(values)
-        text = values.astype(object).map(european if comma else ungrouped)
+        read = _number_reader(column, schema, decimal_comma, values)
+        text = values.astype(object).map(read)
         numbers = pd.to_numeric(text, errors="coerce").astype(np.float64)
         expected = "numbers"
     bad = numbers.isna() & values.notna()

@@ -150,9 +150,8 @@ def predict_from_run(
         raw = run.predict_proba(frame) if schema.classes else run.predict(frame)
 
     metrics = None  # labels are read before anything is written: they may be refused
-    has_target = schema.target in frame.columns
-    if has_target and frame[schema.target].notna().any():  # unlabelled: not scored
-        labelled = frame[schema.target].notna().to_numpy()
+    labelled = _labelled(frame, schema.target)
+    if labelled.any():  # rows without labels are predicted, not scored
         y_true = frame[schema.target].to_numpy()[labelled]
         if schema.task.value == "regression":  # "1,250", "12.5%" read as in training
             written = frame[schema.target][labelled]
@@ -180,6 +179,17 @@ def predict_from_run(
     result.to_csv(out, index=False)
     logger.info("predicted %d rows with %s", len(result), run_dir / "model")
     return PredictOutcome(path=out, n=len(result), metrics=metrics)
+
+
+def _labelled(frame: pd.DataFrame, target: str) -> np.ndarray:
+    """Which rows hold a label: not missing, not blank text (as intake counts them)."""
+    import numpy as np
+
+    if target not in frame.columns:
+        return np.zeros(len(frame), dtype=bool)
+    labels = frame[target]
+    blank = labels.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
+    return (labels.notna() & ~blank).to_numpy(dtype=bool)
 
 
 def _file_stem(path: Path) -> str:

@@ -32,6 +32,14 @@ class NumberFormat(str, Enum):
 
     PERCENT = "percent"  # "12.5%" is 0.125; commas group thousands ("1,250%")
     PERCENT_DECIMAL_COMMA = "percent-decimal-comma"  # "12,5%"; dots group thousands
+    # a semicolon table's numbers: "1.000,5" (dots group thousands), or as pandas
+    # reads them there ("0.125", "1500"), so "1.500" in held-out rows is 1500 or 1.5
+    DECIMAL_COMMA = "decimal-comma"
+    DECIMAL_POINT = "decimal-point"
+
+    @property
+    def is_percent(self) -> bool:
+        return self in (NumberFormat.PERCENT, NumberFormat.PERCENT_DECIMAL_COMMA)
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class Column:
     dropped_reason: str | None = None  # set when the column is not a feature
     n_missing: int = 0
     n_unique: int = 0
-    number_format: NumberFormat | None = None  # set when read from text such as "12%"
+    number_format: NumberFormat | None = None  # how text such as "12%" was read
 
     @property
     def is_feature(self) -> bool:

@@ -905,6 +905,55 @@ def test_semicolon_table_regression_target_with_decimal_commas(tmp_path: Path) -
     assert dataset.frame["y"].tolist()[:3] == [3.3, 4.4, 5.5]
 
 
+def _semicolon_schema(tmp_path: Path) -> Schema:
+    rows = [("1.000,5", "0.125", "1.234,5"), ("2.000,5", "0.25", "2.500,5")] * 4
+    text = "p;q;y\n" + "".join(f"{p};{q};{y}\n" for p, q, y in rows)
+    with pytest.warns(DataWarning):
+        return load_dataset(JobSpec(data=_write(tmp_path, text), target="y")).schema
+
+
+def test_semicolon_holdout_numbers_follow_how_training_wrote_the_column(
+    tmp_path: Path,
+) -> None:
+    schema = _semicolon_schema(tmp_path)
+    formats = {c.name: c.number_format for c in schema.columns}
+    held = _write(tmp_path, "p;q\n2.500;0.500\n-;1.5\n1.234.567;?\n", "new.csv")
+    frame, _ = read_table(held)
+
+    with pytest.warns(DataWarning):
+        safe = to_safe_frame(frame, schema, include_target=False)
+
+    assert formats == {
+        "p": NumberFormat.DECIMAL_COMMA,
+        "q": NumberFormat.DECIMAL_POINT,
+        "y": NumberFormat.DECIMAL_COMMA,
+    }
+    # p's dots grouped thousands in training; q's were decimal points
+    assert safe["p"].tolist()[0] == 2500.0 and safe["p"].tolist()[2] == 1234567.0
+    assert safe["q"].tolist()[:2] == [0.5, 1.5]
+    labels = pd.Series(["1.234.567", "2.500"])
+    assert read_labels(labels, schema, decimal_comma=True).tolist() == [
+        1234567.0,
+        2500.0,
+    ]
+
+
+def test_a_schema_without_number_formats_reads_as_it_always_did(
+    tmp_path: Path,
+) -> None:
+    payload = _semicolon_schema(tmp_path).to_dict()
+    for column in payload["columns"]:
+        column.pop("number_format", None)  # as written before number formats
+    schema = Schema.from_dict(payload)
+    frame = pd.DataFrame({"p": ["2.500", "-"], "q": ["0.500", "2,5"]})
+
+    with pytest.warns(DataWarning):
+        safe = to_safe_frame(frame, schema, include_target=False)
+
+    assert safe["p"].tolist()[0] == 2500.0
+    assert safe["q"].tolist() == [500.0, 2.5]
+
+
 def test_to_safe_frame_reads_thousands_separators_in_holdout_rows() -> None:
     train = pd.DataFrame(
         {"x": [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0, 2.0], "y": list("abababab")}

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from broker import predict
-from broker.errors import DataWarning, InputError
+from broker.errors import DataWarning, InputError, MetricWarning
 from broker.intake import load_dataset, load_holdout, read_table
 from broker.predict import HOLDOUT_FILE, RunModel, predict_from_run
 from broker.runner import _as_numbers_read
@@ -145,3 +145,17 @@ def test_the_run_folders_own_rows_read_back_as_scored(
     written = pd.read_csv(outcome.path)["prediction"].tolist()
     assert written == pytest.approx([-1.646, 12.255])
     assert outcome.metrics is not None
+
+
+def test_labels_of_blank_text_are_not_scored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir, _ = _percent_run(tmp_path, monkeypatch)
+    new = tmp_path / "new.csv"
+    new.write_text('rate,x,y\n1.5%,1," "\n2.5%,0,10%\n')
+
+    with pytest.warns(MetricWarning, match="r2 is undefined"):  # one row scored
+        outcome = predict_from_run(run_dir, new)
+
+    assert outcome.metrics is not None and outcome.metrics.n == 1
+    assert pd.read_csv(outcome.path)["prediction"].tolist() == [1.015, 0.025]
