@@ -1693,8 +1693,11 @@ def _percent_column(
     values: pd.Series, number_format: NumberFormat, decimal_comma: bool
 ) -> pd.Series:
     """A column of percentages as fractions: text read as `number_format` ("5" with no
-    sign is NaN: 5% or 500%?), numbers taken as the fractions intake made of them."""
+    sign is NaN: 5% or 500%?), numbers taken as the fractions intake made of them,
+    unless they stand beside text percentages (5.9 beside "12.5%" is NaN too)."""
     fractions = percentages(values, number_format, decimal_comma)
+    if any(isinstance(v, str) for v in values):
+        return fractions
     numbers = [
         float(v) if isinstance(v, int | float | np.number) and not _is_bool(v) else f
         for v, f in zip(values.tolist(), fractions.tolist(), strict=True)

@@ -1038,6 +1038,19 @@ def test_the_fractions_intake_made_are_read_back_as_they_are(tmp_path: Path) -> 
     assert safe["share"].tolist() == [12.5, -0.03, 0.005, 0.2, 0.4, 0.01]
 
 
+def test_numbers_beside_text_percentages_are_missing_not_fractions(
+    tmp_path: Path,
+) -> None:
+    schema = _percent_schema(tmp_path)
+    rows = {"share": ["1%"] * 2, "label": ["none"] * 2}
+    holdout = pd.DataFrame({"rate": ["12.5%", 5.9], **rows})
+
+    with pytest.warns(DataWarning, match=r"1 value\(s\) are not percentages.*5\.9"):
+        safe = to_safe_frame(holdout, schema, include_target=False)
+
+    assert safe["rate"].iloc[0] == 0.125 and np.isnan(safe["rate"].iloc[1])
+
+
 def test_a_column_of_plain_numbers_does_not_read_percentages_later() -> None:
     train = pd.DataFrame({"x": [float(i % 5) for i in range(10)], "y": list("ab") * 5})
     schema = load_dataset(JobSpec(data=train, target="y")).schema
