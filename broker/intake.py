@@ -906,8 +906,8 @@ def load_holdout(spec: JobSpec, schema: Schema) -> Dataset | None:
     warn_of_plain_numbers_for_percentages(frame, schema, "holdout data")
     frame, dropped_rows = _drop_missing_target(frame, schema.target, what="holdout")
     _check_holdout_features(frame, schema)
-    labels = _normalise_labels(
-        frame[schema.target], schema, _decimal_comma(frame, schema)
+    labels = read_labels(
+        frame[schema.target], schema, decimal_comma=_decimal_comma(frame, schema)
     )
     frame[schema.target] = labels
     counts = _class_counts(labels, list(schema.classes))
@@ -1110,12 +1110,30 @@ def _check_task_fits(
         )
 
 
-def _normalise_labels(
+def read_labels(
     labels: pd.Series,
     schema: Schema,
+    *,
     decimal_comma: bool | None = None,
     where: str = "holdout",
 ) -> pd.Series:
+    """Labels of the target read as training read them.
+
+    Args:
+        labels: Labels without missing values, as text or as read from a table.
+        schema: The training data's schema.
+        decimal_comma: Whether the labels' table writes a decimal comma; default as
+            the training table did.
+        where: What the labels are, for messages ("holdout", "new rows'").
+
+    Returns:
+        Class labels in the schema's spelling, or a regression target's numbers as
+        float64 (percentages as fractions).
+
+    Raises:
+        InputError: A label is no class of the training data, or no number (or
+            percentage) where the target is numeric.
+    """
     if schema.task == Task.REGRESSION:
         if decimal_comma is None:
             decimal_comma = schema.decimal_comma
@@ -1173,33 +1191,6 @@ def _regression_labels(
             f"correct or remove those rows"
         )
     return pd.Series(numbers, index=labels.index, dtype=np.float64)
-
-
-def read_labels(
-    labels: pd.Series,
-    schema: Schema,
-    *,
-    decimal_comma: bool | None = None,
-    where: str = "holdout",
-) -> pd.Series:
-    """Labels of the target read as training read them.
-
-    Args:
-        labels: Labels without missing values, as text or as read from a table.
-        schema: The training data's schema.
-        decimal_comma: Whether the labels' table writes a decimal comma; default as
-            the training table did.
-        where: What the labels are, for messages ("holdout", "new rows'").
-
-    Returns:
-        Class labels in the schema's spelling, or a regression target's numbers as
-        float64 (percentages as fractions).
-
-    Raises:
-        InputError: A label is no class of the training data, or no number (or
-            percentage) where the target is numeric.
-    """
-    return _normalise_labels(labels, schema, decimal_comma, where)
 
 
 def warn_of_plain_numbers_for_percentages(
